@@ -1,0 +1,82 @@
+"""Safe, atomic file I/O for checkpoints and results.
+
+Checkpoints load with ``weights_only=True`` unless the caller explicitly
+trusts the file; every write goes to a temporary file in the same folder and
+is renamed into place, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.errors import WeightsNotFoundError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, trust: bool = False, map_location: str | torch.device = "cpu") -> Any:
+    """Load a torch checkpoint; ``weights_only=True`` unless ``trust`` is set."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location=map_location, weights_only=not trust)
+
+
+def load_state_dict_file(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors``, ``.pt``/``.pth``/``.bin`` (or a ``{'model': ...}`` checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = load_checkpoint(path, trust=trust)
+    for key in ("state_dict", "model", "backbone"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    return obj

@@ -1,0 +1,51 @@
+"""User-facing errors.
+
+Anything raised as a :class:`ZooError` is a user mistake or an environment
+problem the user can fix; the CLI prints its message on one line and exits 2.
+Everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class ZooError(Exception):
+    """A problem the user can fix; shown as one line, exit status 2."""
+
+
+class UnknownNameError(ZooError, KeyError):
+    """An unknown backbone, teacher, recipe or metric name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ResolutionError(ZooError, ValueError):
+    """An input size the architecture cannot accept."""
+
+
+class ConfigError(ZooError, ValueError):
+    """A bad recipe key/value or model configuration field."""
+
+
+class WeightsNotFoundError(ZooError, FileNotFoundError):
+    """Pretrained weights are not available locally."""
+
+
+def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates closest to ``name``, best first (for 'did you mean')."""
+    candidates = list(candidates)
+    found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.4)
+    if not found:  # fall back to substring matches ("vit" -> "vit-b16-cpe", ...)
+        found = [c for c in candidates if name.lower() in c.lower()][:n]
+    return found
+
+
+def unknown_name(kind: str, name: str, candidates: Iterable[str]) -> UnknownNameError:
+    """Build the standard 'unknown X' error with the closest valid names."""
+    candidates = sorted(candidates)
+    near = closest(name, candidates)
+    hint = f"; closest: {', '.join(near)}" if near else f"; valid: {', '.join(candidates[:12])}"
+    return UnknownNameError(f"unknown {kind} '{name}'{hint}")
