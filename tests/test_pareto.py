@@ -1,0 +1,441 @@
+"""zoo.pareto and ``zoo pareto``: the front, loading, environments, joining, outputs, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from zoo.cli import cli
+from zoo.errors import ZooError
+from zoo.pareto import (Objective, analyse, available_metrics, default_direction, join_bench_throughput,
+                        load_records, load_study_records, pareto_front, parse_objective, plot_html, plot_png,
+                        resolve_metric, to_csv)
+
+# --------------------------------------------------------------------------- synthetic records
+
+# The spellings zoo.bench writes: device "cuda:0"/"cpu", dtype fp32/bf16/fp16, threads.
+A100 = dict(device="cuda:0", device_name="NVIDIA A100", batch_size=128, dtype="fp16")
+XEON = dict(device="cpu", device_name="Intel Xeon", batch_size=32, dtype="fp32", threads=4)
+
+
+def _throughput(median: float, env: dict, resolution=(224, 224)) -> dict:
+    return {"median": median, "min": median * 0.95, "max": median * 1.05, "values": [median] * 3, "unit": "img/s",
+            "resolution": list(resolution), "channels_last": True, "compile": False, "fuse": True, "threads": None,
+            **env}
+
+
+def distill_record(backbone: str, speed: float | None, fd_loss: float | None, env: dict = A100,
+                   random_teacher: bool = False, resolution=(224, 224), compile: str | bool = False,
+                   **extra) -> dict:
+    return {
+        "kind": "distill", "run_id": f"{backbone}-run", "run_dir": f"runs/{backbone}-run", "backbone": backbone,
+        "family": backbone.split("-")[0], "backbone_config": {}, "params_m": 10.0, "gmacs": 1.5,
+        "resolution": list(resolution),
+        "throughput": None if speed is None else {**_throughput(speed, env, resolution), "compile": compile},
+        "fd_loss": fd_loss,
+        "losses": {"clip/summary": 0.5, "clip/features": 0.6, "dinov2/summary": 0.4,
+                   "dinov2/features": fd_loss if fd_loss is not None else 0.9},
+        "train_loss_first": 2.0, "train_loss_last": 1.0, "steps": 10, "wall_time_s": 3.0,
+        "teachers": [{"spec": "clip:tiny", "random": random_teacher}, {"spec": "dinov2:tiny", "random": random_teacher}],
+        "random_teacher": random_teacher, "recipe": "smoke", "balancing": "naive", "device": env["device"],
+        "versions": {"torch": "2"}, "created": "2026-11-29T00:00:00", "status": "completed", **extra,
+    }
+
+
+def bench_record(backbone: str, speed: float, env: dict = XEON, created: str = "2026-11-29T00:00:00",
+                 resolution=(224, 224)) -> dict:
+    return {"kind": "bench", "backbone": backbone, "family": backbone.split("-")[0], "params_m": 10.0, "gmacs": 1.5,
+            "flops_skipped": {"aten::add": 3}, "peak_memory_mb": 12.0, "throughput": _throughput(speed, env, resolution),
+            "versions": {"torch": "2"}, "created": created}
+
+
+def write_run(root: Path, record: dict, name: str | None = None) -> Path:
+    folder = root / (name or record["run_id"])
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(record))
+    # A run's own per-step log must not be mistaken for records.
+    (folder / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    return folder
+
+
+def write_bench(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+# (backbone, throughput, FD loss): Table 7 of the paper, front = effnet, resnet, regnet, eradio-b, eradio-l.
+TABLE7 = [("efficientnetv2-s", 9017, 0.415), ("resnetv2-101", 7283, 0.405), ("regnety-064", 6573, 0.394),
+          ("efficientvit-l1", 6048, 0.376), ("convnext-b", 1805, 0.358), ("nfnet-f3", 1777, 0.340),
+          ("swinv2-s", 1497, 0.364), ("maxvit-b", 1486, 0.340), ("mvitv2-b", 975, 0.345),
+          ("eradio-b", 6422, 0.319), ("eradio-l", 3472, 0.265)]
+TABLE7_FRONT = {"efficientnetv2-s", "resnetv2-101", "regnety-064", "eradio-b", "eradio-l"}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for backbone, speed, fd in TABLE7:
+        write_run(root, distill_record(backbone, speed, fd, random_teacher=backbone == "eradio-l"))
+    write_bench(root / "bench.jsonl", [bench_record("efficientnetv2-s", 450.0), bench_record("eradio-b", 300.0)])
+    return root
+
+
+# --------------------------------------------------------------------------- the front
+
+
+def test_front_hand_examples():
+    # maximise speed, minimise loss
+    pts = np.array([[10, 0.5], [5, 0.3], [5, 0.4], [1, 0.2], [0.5, 0.25], [10, 0.5]])
+    assert pareto_front(pts, [True, False]).tolist() == [True, True, False, True, False, True]
+    # equal first value: only the best second value survives, in every method
+    for method in ("2d", "nd"):
+        assert pareto_front(np.array([[1, 1], [1, 2], [2, 1]]), [False, False], method).tolist() == [True, False, False]
+    # a single point, all duplicates, empty input
+    assert pareto_front(np.array([[3.0, 4.0]]), [True, True]).tolist() == [True]
+    assert pareto_front(np.ones((4, 2)), [True, False]).all()
+    assert pareto_front(np.zeros((0, 2)), [True, False]).shape == (0,)
+
+
+def test_front_nan_is_excluded_and_dominates_nothing():
+    pts = np.array([[100.0, np.nan], [1.0, 0.5], [2.0, 0.4], [np.nan, 0.0]])
+    mask = pareto_front(pts, [True, False])
+    assert mask.tolist() == [False, False, True, False]
+    assert not pareto_front(np.full((3, 2), np.nan), [True, True]).any()
+
+
+def test_front_three_objectives_by_hand():
+    # maximise speed, minimise loss, minimise params
+    pts = np.array([[10, 0.5, 5], [10, 0.5, 6], [5, 0.3, 50], [5, 0.3, 50], [4, 0.3, 60], [1, 0.9, 1]])
+    assert pareto_front(pts, [True, False, False]).tolist() == [True, False, True, True, False, True]
+
+
+def _optuna_front(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
+    from optuna.study._multi_objective import _is_pareto_front
+
+    loss = points * np.where(maximize, -1.0, 1.0)
+    return _is_pareto_front(loss, assume_unique_lexsorted=False)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_front_matches_optuna_on_random_points_with_ties(k):
+    rng = np.random.default_rng(k)
+    for trial in range(200):
+        n = int(rng.integers(1, 40))
+        # small integer grid: many ties and exact duplicates
+        points = rng.integers(0, 6, size=(n, k)).astype(float)
+        if trial % 3 == 0:
+            points = np.concatenate([points, points[: n // 2]])
+        maximize = [bool(b) for b in rng.integers(0, 2, size=k)]
+        expected = _optuna_front(points, maximize)
+        got = pareto_front(points, maximize)
+        assert got.tolist() == expected.tolist(), (points, maximize)
+        if k == 2:
+            assert pareto_front(points, maximize, method="nd").tolist() == got.tolist()
+    # continuous values too, and NaN rows leave the rest of the front unchanged
+    points = rng.normal(size=(300, k))
+    assert pareto_front(points, [True] * k).tolist() == _optuna_front(points, [True] * k).tolist()
+    with_nan = np.concatenate([points, np.full((5, k), np.nan)])
+    assert pareto_front(with_nan, [True] * k)[:300].tolist() == _optuna_front(points, [True] * k).tolist()
+
+
+# --------------------------------------------------------------------------- loading and metrics
+
+
+def test_load_records_from_folders_files_and_jsonl(runs: Path):
+    records = load_records([runs])
+    assert len(records) == len(TABLE7) + 2  # metrics.jsonl of each run is not a record file
+    kinds = sorted({r.kind for r in records})
+    assert kinds == ["bench", "distill"]
+    one = load_records([runs / "eradio-b-run"])
+    assert [r.backbone for r in one] == ["eradio-b"]
+    assert one[0].metrics["throughput.median"] == 6422 and one[0].metrics["losses.dinov2/features"] == 0.319
+    assert load_records([runs / "eradio-l-run" / "summary.json"])[0].random_teacher
+    assert len(load_records([runs / "bench.jsonl"])) == 2
+    # the same file reached twice is loaded once
+    assert len(load_records([runs, runs / "eradio-b-run"])) == len(records)
+
+
+def test_metric_names_aliases_and_directions(runs: Path):
+    records = load_records([runs])
+    names = available_metrics(records)
+    assert {"throughput", "throughput.median", "fd_loss", "params_m", "losses.dinov2/features"} <= set(names)
+    assert not any(name.startswith(("flops_skipped", "versions")) for name in names)
+    assert resolve_metric("throughput", records) == "throughput.median"
+    assert resolve_metric("dinov2/features", records) == "losses.dinov2/features"
+    assert resolve_metric("losses.clip/summary", records) == "losses.clip/summary"
+    with pytest.raises(ZooError, match="unknown metric 'fd_los'.*fd_loss"):
+        resolve_metric("fd_los", records)
+    assert default_direction("throughput.median") == "max" and default_direction("knn_top1") == "max"
+    assert default_direction("fd_loss") == "min" and default_direction("gmacs") == "min"
+    with pytest.raises(ZooError, match="--x-dir"):
+        parse_objective("steps", records)
+    assert parse_objective("steps:max", records) == Objective("steps", "max")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"kind": "distill", "backbone": "a"', "summary.json: invalid JSON at line 1"),
+    (json.dumps({k: v for k, v in distill_record("a", 1, 0.1).items() if k != "fd_loss"}), "missing field 'fd_loss'"),
+    (json.dumps({**distill_record("a", 1, 0.1), "throughput": {"median": 3.0}}), "missing field 'throughput.device_name'"),
+    (json.dumps({**distill_record("a", 1, 0.1), "kind": "eval"}), "unknown record kind 'eval'"),
+])
+def test_bad_records_name_the_file_and_field(tmp_path: Path, content: str, message: str):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "summary.json").write_text(content)
+    with pytest.raises(ZooError, match=message) as info:
+        load_records([tmp_path])
+    assert str(folder / "summary.json") in str(info.value)
+
+
+def test_bad_jsonl_line_and_skip_invalid(tmp_path: Path):
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps(bench_record("a", 1.0)) + "\n{oops\n" + json.dumps(bench_record("b", 2.0)) + "\n")
+    with pytest.raises(ZooError, match=r"bench.jsonl:2: invalid JSON"):
+        load_records([path])
+    warnings = []
+    records = load_records([path], skip_invalid=True, warn=warnings.append)
+    assert [r.backbone for r in records] == ["a", "b"] and len(warnings) == 1 and "bench.jsonl:2" in warnings[0]
+
+
+def test_empty_or_missing_inputs(tmp_path: Path):
+    with pytest.raises(ZooError, match="no records in"):
+        load_records([tmp_path])
+    with pytest.raises(ZooError, match="no such file or folder"):
+        load_records([tmp_path / "nope"])
+
+
+# --------------------------------------------------------------------------- environments and joining
+
+
+def _by_label(analysis):
+    return {row.record.label: row for group in analysis.groups for row in group.rows}
+
+
+def test_table7_front(runs: Path):
+    records = [r for r in load_records([runs]) if r.kind == "distill"]
+    objectives = [parse_objective("throughput", records), parse_objective("fd_loss", records)]
+    analysis = analyse(records, objectives)
+    assert len(analysis.groups) == 1
+    assert {row.record.label for row in analysis.groups[0].front} == TABLE7_FRONT
+    speeds = [row.values[0] for row in analysis.groups[0].rows]
+    assert speeds == sorted(speeds, reverse=True)  # fastest first, as Table 7
+    assert analysis.random_teacher
+
+
+def test_environments_are_never_mixed(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, distill_record("fast-gpu", 5000, 0.40, env=A100))
+    write_run(root, distill_record("good-gpu", 1000, 0.30, env=A100))
+    # On the CPU: far slower, but a better loss-per-speed among CPU records; a GPU record would dominate it.
+    write_run(root, distill_record("cpu-a", 50, 0.45, env=XEON))
+    write_run(root, distill_record("cpu-b", 40, 0.50, env=XEON))
+    records = load_records([root])
+    objectives = [parse_objective("throughput", records), parse_objective("fd_loss", records)]
+    analysis = analyse(records, objectives)
+    assert len(analysis.groups) == 2 and "2 measurement environments" in analysis.notes[0]
+    fronts = [{row.record.label for row in g.front} for g in analysis.groups]
+    assert {"fast-gpu", "good-gpu"} in fronts and {"cpu-a"} in fronts
+    only_cpu = analyse(records, objectives, device="cpu")
+    assert len(only_cpu.groups) == 1 and only_cpu.groups[0].envs[0].device_name == "Intel Xeon"
+    assert len(analyse(records, objectives, batch_size=128).groups) == 1
+    assert [g.envs[0].dtype for g in analyse(records, objectives, dtype="float32").groups] == ["fp32"]  # alias
+    with pytest.raises(ZooError, match="--env 3 is out of range.*1: .*2: "):
+        analyse(records, objectives, env_index=3)
+    # one PNG panel per environment: two panels side by side
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(io.BytesIO(plot_png(analysis))).shape[:2]
+    assert width > 1.8 * height
+    # CPU thread count and torch.compile also change the speed: separate groups
+    write_run(root, distill_record("cpu-8-threads", 60, 0.55, env={**XEON, "threads": 8}))
+    write_run(root, distill_record("gpu-compiled", 9000, 0.60, env=A100, compile="max-autotune"))
+    records = load_records([root])
+    assert len(analyse(records, objectives).groups) == 4
+    mixed = analyse(records, objectives, group_by="none")
+    assert len(mixed.groups) == 1 and mixed.groups[0].mixed and "mixed" in mixed.groups[0].describe()
+    assert {row.record.label for row in mixed.groups[0].front} == {"gpu-compiled", "fast-gpu", "good-gpu"}
+
+
+def test_throughput_from_bench_joins_explicitly(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, distill_record("resnet-18", None, 0.40))  # distilled without a speed measurement
+    write_run(root, distill_record("convnext-atto", 800, 0.35))
+    write_run(root, distill_record("orphan", 900, 0.30))
+    write_bench(root / "bench.jsonl", [
+        bench_record("resnet-18", 100.0, created="2026-01-01"), bench_record("resnet-18", 120.0, created="2026-02-01"),
+        bench_record("convnext-atto", 60.0), bench_record("convnext-atto", 2000.0, env=A100),
+        bench_record("resnet-18", 999.0, resolution=(160, 160)),  # another resolution: never used
+    ])
+    records = load_records([root])
+    warnings = []
+    joined = join_bench_throughput(records, warn=warnings.append)
+    got = sorted((r.backbone, r.env.device_name, r.metrics["throughput.median"]) for r in joined)
+    assert got == [("convnext-atto", "Intel Xeon", 60.0), ("convnext-atto", "NVIDIA A100", 2000.0),
+                   ("resnet-18", "Intel Xeon", 120.0)]  # the latest bench per environment
+    assert all(r.throughput_source.startswith("bench ") and r.kind == "distill" for r in joined)
+    assert any("left out orphan" in w for w in warnings)
+    objectives = [Objective("throughput.median", "max"), Objective("fd_loss", "min")]
+    analysis = analyse(records, objectives, throughput_from="bench", device="xeon")
+    assert {row.record.label for row in analysis.groups[0].front} == {"resnet-18", "convnext-atto"}
+    # By default, records keep their own throughput and bench rows are reported as missing fd_loss.
+    default = analyse(records, objectives)
+    assert any("missing fd_loss" in note for g in default.groups for note in g.notes)
+
+
+def test_study_records(tmp_path: Path):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = optuna.create_study(study_name="eradio", storage=storage, directions=["maximize", "minimize"])
+    for number, (speed, fd) in enumerate([(100, 0.5), (50, 0.3), (40, 0.6)]):
+        trial = study.ask()
+        record = {**distill_record("eradio", speed, fd), "kind": "search-trial", "trial_number": number}
+        trial.set_user_attr("record", record)
+        study.tell(trial, [speed, fd])
+    failed = study.ask()
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    records = load_study_records(storage)  # the only study: no name needed
+    assert [r.label for r in records] == ["trial 0", "trial 1", "trial 2"]
+    objectives = [Objective("throughput.median", "max"), Objective("fd_loss", "min")]
+    front = {row.record.label for row in analyse(records, objectives).groups[0].front}
+    assert front == {f"trial {t.number}" for t in study.best_trials} == {"trial 0", "trial 1"}
+    with pytest.raises(ZooError, match="unknown study 'eradoi'.*eradio"):
+        load_study_records(storage, "eradoi")
+    missing = tmp_path / "nope.db"
+    with pytest.raises(ZooError, match="no such Optuna database"):
+        load_study_records(f"sqlite:///{missing}")
+    assert not missing.exists()
+    result = CliRunner().invoke(cli, ["pareto", "--study", storage, "--study-name", "eradio"])
+    assert result.exit_code == 0, result.output
+    assert "trial 1" in result.output
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, ["pareto", *args])
+
+
+def test_cli_table_marks_the_front(runs: Path):
+    result = _run(str(runs), "--env", "1")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "│" in line]
+    starred = {name for name, *_ in TABLE7 if any(name in line and "★" in line for line in lines)}
+    assert starred == TABLE7_FRONT
+    assert "NVIDIA A100 · 224x224 · fp16 · batch 128" in result.output
+    assert "eradio-l†" in result.output  # the random-teacher run is marked
+
+
+def test_cli_csv_json_png_html(runs: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    result = _run(str(runs), "--csv", str(out / "f.csv"), "--json", str(out / "f.json"),
+                  "--png", str(out / "f.png"), "--html", str(out / "f.html"), "--title", "Table 7 again")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "f.json").read_text())["rows"]
+    on_front = {r["label"] for r in rows if r["on_front"]}
+    assert on_front == TABLE7_FRONT
+    assert all({"group", "on_front", "metrics", "env", "missing"} <= set(r) for r in rows)
+    bench_rows = [r for r in rows if r["kind"] == "bench"]
+    assert len(bench_rows) == 2 and all(r["missing"] == ["fd_loss"] and not r["on_front"] for r in bench_rows)
+    csv_text = (out / "f.csv").read_text()
+    import csv
+
+    csv_rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert {r["label"] for r in csv_rows if r["on_front"] == "true"} == TABLE7_FRONT
+    assert "throughput.median" in csv_rows[0] and "losses.dinov2/features" in csv_rows[0]
+
+    png = (out / "f.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(io.BytesIO(png)).shape[:2]
+    assert width > 400 and height > 300
+
+    html = (out / "f.html").read_text()
+    assert "Table 7 again" in html and "random teacher" in html
+    assert "eradio-b" in html and "6422" in html and "NVIDIA A100" in html
+    # plotly.js is inline (megabytes, no external script), so the page works offline
+    assert len(html) > 1_000_000 and not re.search(r"<script[^>]+src=", html)
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_cli_more_objectives_table_only(runs: Path, tmp_path: Path):
+    result = _run(str(runs), "--env", "1", "--objective", "throughput", "--objective", "fd_loss",
+                  "--objective", "params_m:min")
+    assert result.exit_code == 0, result.output
+    assert "params (M) ↓" in result.output
+    result = _run(str(runs), "--objective", "throughput", "--objective", "fd_loss", "--objective", "gmacs",
+                  "--png", str(tmp_path / "x.png"))
+    assert result.exit_code == 2 and "exactly two objectives" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("make, args, message", [
+    (lambda root: root.mkdir(), [], "no records in"),
+    (lambda root: write_run(root, {k: v for k, v in distill_record("a", 1, 0.2).items() if k != "backbone"}),
+     [], "missing field 'backbone'"),
+    (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--y", "knn_top"], "unknown metric 'knn_top'"),
+    (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--y", "knn_top1"], "unknown metric 'knn_top1'"),
+    (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--resolution", "abc"], "resolution must look"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, make, args, message):
+    root = tmp_path / "runs"
+    make(root)
+    result = _run(str(root), *args)
+    assert result.exit_code == 2, result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_pareto_command_does_not_import_torch(runs: Path):
+    code = ("import sys; from zoo.cli import main\n"
+            "try:\n    main(['pareto', sys.argv[1], '--env', '1'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch' in sys.modules, 'optuna' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(runs)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_repeated_backbones_get_distinct_labels(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, {**distill_record("resnet-18", 100, 0.4), "run_id": "r18-a"})
+    write_run(root, {**distill_record("resnet-18", 90, 0.3), "run_id": "r18-b"})
+    records = load_records([root])
+    analysis = analyse(records, [Objective("throughput.median", "max"), Objective("fd_loss", "min")])
+    assert sorted(row.label for row in analysis.groups[0].rows) == ["resnet-18 (r18-a)", "resnet-18 (r18-b)"]
+    assert "resnet-18 (r18-b)" in to_csv(analysis)
+
+
+def test_cli_default_runs_folder(tmp_path: Path):
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        result = runner.invoke(cli, ["pareto"])
+        assert result.exit_code == 2 and "no runs/ folder here" in result.output
+        write_run(Path("runs"), distill_record("resnet-18", 100, 0.4))
+        result = runner.invoke(cli, ["pareto"])
+        assert result.exit_code == 0 and "★" in result.output and "resnet-18" in result.output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="no chromium for a headless check of the HTML page")
+def test_html_renders_in_headless_chromium(runs: Path, tmp_path: Path):
+    records = load_records([runs])
+    analysis = analyse(records, [Objective("throughput.median", "max"), Objective("fd_loss", "min")], env_index=1)
+    page = tmp_path / "front.html"
+    page.write_text(plot_html(analysis))
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "main-svg" in done.stdout  # plotly drew the figure, offline
