@@ -1,0 +1,297 @@
+"""The distillation engine: run record, metrics, loss falls, exact resume, clean stop, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from zoo.backbone import Backbone, BackboneOutput, SizeRule
+from zoo.checkpoints import load_checkpoint
+from zoo.distill import DistillInterrupted, distill, lr_factor
+from zoo.recipe import load_recipe
+
+RECORD_KEYS = {
+    "kind", "run_id", "run_dir", "backbone", "family", "backbone_config", "params_m", "gmacs", "resolution",
+    "throughput", "fd_loss", "losses", "train_loss_first", "train_loss_last", "steps", "wall_time_s", "teachers",
+    "random_teacher", "note", "recipe", "balancing", "device", "world_size", "versions", "created", "status",
+}
+TINY_TEACHERS = '["clip:tiny@32", "dinov2:tiny@28"]'
+
+
+class TinyBackbone(Backbone):
+    """Two strided convolutions, no BatchNorm (so a 2-process run equals a 1-process run)."""
+
+    name = "tiny-test"
+    summary_dim, feature_dim, stride = 24, 16, 4
+    size_rule = SizeRule(multiple=4, minimum=8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.GELU(), nn.Conv2d(16, 16, 3, 2, 1), nn.GELU())
+        self.pool = nn.Linear(16, 24)
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        features = self.stem(x)
+        return BackboneOutput(self.pool(features.mean(dim=(2, 3))), features)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        # Smooth random images: structure the teachers' features can respond to.
+        small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((80, 60), Image.Resampling.BICUBIC).save(folder / f"{i}.png")
+    return folder
+
+
+def tiny_recipe(image_dir: Path, *extra: str):
+    return load_recipe("smoke", [
+        f"teachers={TINY_TEACHERS}", "data.source=folder", f"data.path={image_dir}", "data.workers=0",
+        "train.resolution=32", "train.batch_size=4", "train.steps=6", "train.checkpoint_every=100",
+        "optim.lr=3e-3", "optim.warmup_steps=1", "optim.min_lr=3e-4", "eval.images=2", "eval.every=0",
+        "bench.enabled=false", *extra,
+    ])
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    recipe = load_recipe("smoke", ["optim.warmup_steps=4", "train.steps=20", "optim.lr=1e-3", "optim.min_lr=1e-4"])
+    factors = [lr_factor(s, recipe) for s in range(21)]
+    assert factors[0] == pytest.approx(0.25) and factors[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert factors[20] == pytest.approx(0.1)
+
+
+def test_run_writes_record_and_metrics_and_loss_falls(image_dir, tmp_path):
+    recipe = tiny_recipe(image_dir, "train.steps=10", "bench.enabled=true", "bench.batch_size=2", "bench.repeats=2",
+                         "bench.warmup=0", "bench.steps_per_repeat=1", "eval.every=5")
+    evals = []
+    record = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="r1", progress=False,
+                     on_eval=lambda step, fd: evals.append((step, fd)))
+    run_dir = tmp_path / "r1"
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert set(saved) == RECORD_KEYS and saved == json.loads(json.dumps(record))
+    assert record["kind"] == "distill" and record["status"] == "complete" and record["steps"] == 10
+    assert record["resolution"] == [32, 32] and record["world_size"] == 1 and record["device"] == "cpu"
+    assert set(record["losses"]) == {"clip/summary", "clip/features", "dinov2/summary", "dinov2/features"}
+    assert record["fd_loss"] == pytest.approx(record["losses"]["dinov2/features"])
+    assert record["random_teacher"] and "random teacher" in record["note"]
+    assert record["params_m"] > 0 and record["gmacs"] > 0
+    assert record["throughput"]["median"] > 0 and record["throughput"]["resolution"] == [32, 32]
+    assert {t["name"] for t in record["teachers"]} == {"clip", "dinov2"}
+    assert {"torch", "timm", "open_clip", "zoo", "python"} <= set(record["versions"])
+    assert record["train_loss_last"] < 0.8 * record["train_loss_first"]
+    assert [step for step, _ in evals] == [5, 10]
+    lines = _metrics(run_dir)
+    train_lines = [m for m in lines if not m.get("eval")]
+    assert [m["step"] for m in train_lines] == list(range(1, 11))
+    assert {"step", "lr", "loss", "total", "img_per_s", "time"} <= set(train_lines[0])
+    assert {"clip/summary", "dinov2/features"} <= set(train_lines[0]["loss"])
+    assert load_recipe(run_dir / "recipe.yaml") == recipe
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
+    assert checkpoint["step"] == 10
+    assert {"backbone", "heads", "balancer", "optimizer", "scheduler", "rng", "recipe"} <= set(checkpoint)
+    with pytest.raises(Exception, match="already holds a run"):
+        distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="r1", progress=False)
+
+
+def test_resume_gives_the_same_weights(image_dir, tmp_path):
+    recipe = tiny_recipe(image_dir, "train.steps=6", "loss.balancing=adaloss", "augment.hflip=true")
+    distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="straight", progress=False)
+
+    def stop_at_3(step: int, metrics: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(DistillInterrupted, match="--resume") as err:
+        distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="split", progress=False, on_step=stop_at_3)
+    assert err.value.record["status"] == "interrupted"
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 3
+    torch.manual_seed(123)  # the global RNG state at resume must not matter
+    record = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="split", resume=True, progress=False)
+    assert record["status"] == "complete" and record["steps"] == 6
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for part in ("backbone", "heads", "balancer"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, atol=1e-5, rtol=1e-5, msg=f"{part}.{key}")
+    assert [m["step"] for m in _metrics(tmp_path / "split") if not m.get("eval")] == list(range(1, 7))
+    assert record["train_loss_first"] == pytest.approx(a["train_loss_first"])
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(image_dir, tmp_path):
+    recipe = tiny_recipe(image_dir, "train.steps=50")
+
+    def send_sigterm(step: int, metrics: dict) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(DistillInterrupted, match="interrupted at step 2/50"):
+        distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="term", progress=False, on_step=send_sigterm)
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+    assert load_checkpoint(tmp_path / "term" / "checkpoint.pt")["step"] == 2
+    summary = json.loads((tmp_path / "term" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 2 and set(summary) == RECORD_KEYS
+
+
+def test_no_dinov2_teacher_means_no_fd_loss(image_dir, tmp_path):
+    recipe = tiny_recipe(image_dir, 'teachers=["clip:tiny@32"]', "train.steps=2")
+    record = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="clip-only", progress=False)
+    assert record["fd_loss"] is None and "no dinov2 teacher" in record["note"]
+    assert set(record["losses"]) == {"clip/summary", "clip/features"}
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_distill import TinyBackbone, tiny_recipe
+from zoo.distill import distill
+from pathlib import Path
+torch.manual_seed(0)
+recipe = tiny_recipe(Path({images!r}), "train.steps=3")
+distill(TinyBackbone(), recipe, out_dir={out!r}, run_name={name!r}, progress=False, device="cpu")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_equals_one_process(image_dir, tmp_path):
+    script = tmp_path / "ddp.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(DDP_SCRIPT.format(tests=tests, images=str(image_dir), out=str(tmp_path), name="ddp"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "complete" and summary["steps"] == 3
+    # One process with the same global batch reaches the same weights (no BatchNorm in the tiny backbone).
+    torch.manual_seed(0)
+    distill(TinyBackbone(), tiny_recipe(image_dir, "train.steps=3"), out_dir=tmp_path, run_name="single",
+            progress=False, device="cpu")
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["backbone"]
+    b = load_checkpoint(tmp_path / "single" / "checkpoint.pt")["backbone"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(args: list[str]):
+    from zoo.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_cli_distill_resnet18_smoke(tmp_path):
+    result = _cli(["distill", "--backbone", "resnet-18", "--recipe", "smoke", "--set", "train.steps=3",
+                   "--set", "train.resolution=32", "--set", "train.batch_size=4", "--set", "bench.repeats=1",
+                   "--set", "bench.warmup=0", "--set", "bench.steps_per_repeat=1", "--set", "bench.batch_size=2",
+                   "--out", str(tmp_path), "--run-name", "cli", "--no-progress", "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "random teacher" in result.output and "resnet-18" in result.output
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["backbone"] == "resnet-18" and summary["family"] and summary["steps"] == 3
+    assert summary["throughput"]["median"] > 0 and summary["recipe"] == "smoke"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "resnet-18", "--set", "optim.lrr=1"], "optim.lrr"),
+    (["--backbone", "resnet-1"], "unknown backbone 'resnet-1'"),
+    (["--backbone", "resnet-18", "--teacher", "clip:nonexistent-model"], "clip"),
+    (["--backbone", "resnet-18", "--recipe", "nosuchrecipe"], "unknown recipe"),
+    (["--resume", "no-such-run"], "no checkpoint to resume"),
+])
+def test_cli_bad_input_exits_2(tmp_path, args, message):
+    result = _cli(["distill", *args, "--out", str(tmp_path), "--offline"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_folder_without_images_exits_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = _cli(["distill", "--backbone", "resnet-18", "--set", "data.source=folder",
+                   "--set", f"data.path={tmp_path / 'empty'}", "--out", str(tmp_path), "--offline", "--no-progress"])
+    assert result.exit_code == 2 and "no usable images" in result.output
+
+
+def test_cli_several_backbones_share_teachers(image_dir, tmp_path, monkeypatch):
+    import zoo.teachers
+
+    built = []
+    original = zoo.teachers.build_teachers
+    monkeypatch.setattr(zoo.teachers, "build_teachers", lambda *a, **k: built.append(1) or original(*a, **k))
+    result = _cli(["distill", "--backbone", "resnet-18,vit-t16-cpe", "--recipe", "smoke", "--steps", "2",
+                   "--teacher", "clip:tiny@32", "--teacher", "dinov2:tiny@28", "--set", "train.resolution=32",
+                   "--set", "train.batch_size=2", "--set", "bench.enabled=false", "--out", str(tmp_path),
+                   "--no-progress", "--offline"])
+    assert result.exit_code == 0, result.output
+    assert len(built) == 1  # built once, reused for both backbones
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert sorted(r["backbone"] for r in records) == ["resnet-18", "vit-t16-cpe"]
+    assert all(r["steps"] == 2 and r["throughput"] is None for r in records)
+    assert "resnet-18" in result.output and "vit-t16-cpe" in result.output
+
+
+def test_cli_resumes_an_interrupted_run(image_dir, tmp_path):
+    recipe = tiny_recipe(image_dir, "train.steps=4")
+
+    def stop_at_2(step: int, metrics: dict) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(DistillInterrupted):
+        distill("resnet-18", recipe, out_dir=tmp_path, run_name="cut", progress=False, on_step=stop_at_2)
+    result = _cli(["distill", "--resume", "cut", "--out", str(tmp_path), "--no-progress", "--offline"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["steps"] == 4 and summary["backbone"] == "resnet-18"
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 4
+
+
+def test_cli_interrupt_saves_and_says_how_to_resume(image_dir, tmp_path, monkeypatch):
+    import zoo.distill
+
+    real = zoo.distill.distill
+
+    def interrupted(*args, **kwargs):
+        def stop(step: int, metrics: dict) -> None:
+            if step == 2:
+                raise KeyboardInterrupt
+
+        return real(*args, on_step=stop, **kwargs)
+
+    monkeypatch.setattr(zoo.distill, "distill", interrupted)
+    result = CliRunner().invoke(__import__("zoo.cli", fromlist=["cli"]).cli, [
+        "distill", "--backbone", "resnet-18", "--steps", "5", "--teacher", "clip:tiny@32", "--set",
+        "train.resolution=32", "--set", "train.batch_size=2", "--out", str(tmp_path), "--run-name", "stop",
+        "--no-progress", "--offline"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted at step 2/5" in result.output and f"--resume {tmp_path / 'stop'}" in result.output
+    assert load_checkpoint(tmp_path / "stop" / "checkpoint.pt")["step"] == 2

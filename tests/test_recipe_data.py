@@ -1,0 +1,233 @@
+"""Recipes (loading, overrides, errors with paths) and data (sources, bad images, split, augmentation)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from zoo.data import (CropDataset, DataWarning, StepBatchSampler, bundled_images, holdout_split, load_crop,
+                      load_images, random_crop_box, sample_rng, shared_resolution, student_view)
+from zoo.errors import ConfigError, UnknownNameError, ZooError
+from zoo.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_shipped_recipes_load():
+    assert {"smoke", "table7", "search-proxy"} <= set(shipped_recipes())
+    smoke = load_recipe("smoke")
+    assert smoke.name == "smoke" and smoke.teachers == ["clip:tiny", "dinov2:tiny"]
+    assert smoke.data.source == "bundled" and smoke.resolution[0] <= 96
+    table7 = load_recipe("table7")
+    assert table7.teachers == ["clip:ViT-H-14:laion2b_s32b_b79k", "dinov2:vit_giant_patch14_dinov2"]
+    assert (table7.optim.lr, table7.train.batch_size, table7.resolution) == (1e-3, 1024, (224, 224))
+    assert table7.train.steps == 600_000 and table7.data.path is None
+    assert load_recipe("search-proxy").train.steps < smoke.train.steps * 10
+
+
+def test_defaults_come_from_the_dataclasses(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  steps: 7\n")
+    recipe = load_recipe(path)
+    assert recipe.name == "mine" and recipe.train.steps == 7
+    assert recipe.optim == Recipe().optim and recipe.loss.alpha == 0.9 and recipe.loss.beta == 0.1
+
+
+def test_overrides_are_parsed_as_yaml():
+    recipe = load_recipe("smoke", ["optim.lr=5e-4", "optim.betas=[0.8, 0.9]", "loss.summary_weights.clip=0.5",
+                                   "train.resolution=[48, 64]", "train.grad_clip=null", "augment.hflip=false"])
+    assert recipe.optim.lr == 5e-4 and recipe.optim.betas == (0.8, 0.9)
+    assert recipe.loss.summary_weights == {"clip": 0.5}
+    assert recipe.resolution == (48, 64) and recipe.train.grad_clip is None and recipe.augment.hflip is False
+
+
+def test_round_trip_through_to_dict():
+    recipe = load_recipe("table7", ["data.path=/data/in21k"])
+    again = recipe_from_dict(recipe.to_dict())
+    assert again == recipe
+    assert isinstance(recipe.to_dict()["optim"]["betas"], list)
+
+
+@pytest.mark.parametrize("override, path, valid", [
+    ("optim.lrr=1", "optim.lrr", "lr, weight_decay"),
+    ("trian.steps=3", "trian", "teachers, data"),
+    ("eval.every.x=1", "eval.every", None),
+])
+def test_unknown_override_names_its_path(override, path, valid):
+    with pytest.raises(ConfigError) as err:
+        load_recipe("smoke", [override])
+    assert f"'{path}" in str(err.value)
+    if valid:
+        assert valid in str(err.value)
+
+
+def test_unknown_key_in_file_names_its_path(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"'train\.stepz'.*steps, batch_size"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("override, path", [
+    ("train.steps=abc", "train.steps"), ("optim.betas=[0.9]", "optim.betas"), ("teachers=clip:tiny", "teachers"),
+    ("loss.balancing=magic", "loss.balancing"), ("train.steps=0", "train.steps"), ("augment.hflip=3", "augment.hflip"),
+])
+def test_bad_values_name_their_path(override, path):
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        load_recipe("smoke", [override])
+
+
+def test_unknown_recipe_name_and_missing_file():
+    with pytest.raises(UnknownNameError, match="smoke"):
+        load_recipe("smok")
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe("/nonexistent/recipe.yaml")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_recipe("smoke", ["optim.lr"])
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _write_images(folder: Path, count: int, size=(40, 30), exts=(".png", ".jpg")) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        array = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        path = folder / f"img{i}{exts[i % len(exts)]}"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_bundled_images_exist():
+    images = bundled_images()
+    assert len(images) >= 3 and all(p.is_file() for p in images)
+
+
+def test_folder_skips_corrupt_and_truncated_images(tmp_path):
+    good = _write_images(tmp_path / "a" / "b", 4, size=(64, 48))
+    (tmp_path / "a" / "corrupt.jpg").write_bytes(b"not an image at all")
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(big, quality=95)
+    data = big.read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    big.unlink()
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+    with pytest.warns(DataWarning, match=r"skipped 2 unreadable image\(s\)") as record:
+        images = load_images("folder", str(tmp_path), holdout=1)
+    message = str(record[0].message)
+    assert "corrupt.jpg" in message and "truncated.jpg" in message
+    assert len(images.skipped) == 2 and sorted(images.train + images.holdout) == sorted(good)
+    assert len(images.holdout) == 1 and images.describe()["skipped_images"] == 2
+
+
+def test_folder_without_usable_images_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZooError, match="no usable images"):
+        load_images("folder", str(tmp_path / "empty"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"\x89PNG broken")
+    with pytest.warns(DataWarning), pytest.raises(ZooError, match="1 unreadable"):
+        load_images("auto", str(tmp_path / "bad"))
+    with pytest.raises(ZooError, match="not found"):
+        load_images("folder", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="data.path"):
+        load_images("folder", None)
+
+
+def test_list_file_paths_are_relative_to_the_file(tmp_path):
+    paths = _write_images(tmp_path / "imgs", 3)
+    listing = tmp_path / "train.txt"
+    listing.write_text("# my images\nimgs/img0.png\n\nimgs/img1.jpg\n" + str(paths[2]) + "\nimgs/missing.png\n")
+    with pytest.warns(DataWarning, match="skipped 1"):
+        images = load_images("auto", str(listing), holdout=1)
+    assert images.source == "list" and sorted(images.train + images.holdout) == sorted(paths)
+
+
+def test_holdout_is_deterministic_and_order_free(tmp_path):
+    paths = [tmp_path / f"d{i % 3}" / f"{i}.jpg" for i in range(20)]
+    train, held = holdout_split(paths, 4, tmp_path)
+    train2, held2 = holdout_split(list(reversed(paths)), 4, tmp_path)
+    assert held == held2 and len(held) == 4 and set(train) == set(train2) and not set(train) & set(held)
+    assert holdout_split(paths[:2], 5, tmp_path)[0]  # at least one image stays for training
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_batch_is_a_function_of_seed_and_step(tmp_path):
+    paths = _write_images(tmp_path, 5, size=(80, 60))
+    make = lambda seed: CropDataset(paths, (32, 32), seed=seed, batch_size=4, hflip=True)  # noqa: E731
+    a, b = make(3), make(3)
+    batch = lambda ds, step: torch.stack([ds[(step, i)] for i in range(4)])  # noqa: E731
+    assert torch.equal(batch(a, 7), batch(b, 7))
+    assert torch.equal(batch(a, 7), batch(a, 7))
+    assert not torch.equal(batch(a, 7), batch(a, 8))
+    assert not torch.equal(batch(a, 7), batch(make(4), 7))
+    # An epoch visits every image once.
+    seen = [a.image_index(step, slot) for step in range(5) for slot in range(4)]
+    assert sorted(seen[:5]) == list(range(5))
+
+
+def test_crop_box_within_image_and_in_range():
+    for index in range(50):
+        rng = sample_rng(0, 1, index)
+        left, top, right, bottom = random_crop_box(200, 100, rng, scale=(0.25, 0.5), ratio=(0.75, 1.33))
+        assert 0 <= left < right <= 200 and 0 <= top < bottom <= 100
+        area = (right - left) * (bottom - top) / (200 * 100)
+        assert 0.2 <= area <= 0.55
+
+
+def test_load_crop_shows_the_box(tmp_path):
+    array = np.zeros((60, 80, 3), dtype=np.uint8)
+    array[:, 40:] = 255  # right half white
+    path = tmp_path / "half.png"
+    Image.fromarray(array).save(path)
+    assert load_crop(path, lambda w, h: (50, 10, 70, 30), (8, 8)).min() == 1.0
+    assert load_crop(path, lambda w, h: (0, 0, 30, 60), (8, 8)).max() == 0.0
+    flipped = load_crop(path, lambda w, h: (30, 0, 50, 60), (8, 8), flip=True)
+    assert flipped[:, :, 0].min() == 1.0 and flipped[:, :, -1].max() == 0.0
+
+
+def test_student_and_teacher_views_share_one_crop(tmp_path):
+    from zoo.teachers import build_teacher
+
+    yy, xx = np.meshgrid(np.linspace(0, 255, 90), np.linspace(0, 255, 120), indexing="ij")
+    array = np.stack([xx, yy, 255 - xx], axis=-1).astype(np.uint8)  # position-coded colours
+    path = tmp_path / "ramp.png"
+    Image.fromarray(array).save(path)
+    teacher = build_teacher("clip:tiny@32")
+    shared = shared_resolution((24, 24), teacher.resolution)
+    dataset = CropDataset([path], shared, seed=0, batch_size=4, scale=(0.1, 0.3))
+    batch = torch.stack([dataset[(0, i)] for i in range(4)])
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    student = student_view(batch, (24, 24)) * std + mean
+    seen_by_teacher = teacher.preprocess(batch) * teacher._std + teacher._mean
+    teacher_at_student = F.interpolate(seen_by_teacher, size=(24, 24), mode="bilinear", antialias=True)
+    assert (student - teacher_at_student).abs().max() < 0.03  # same region of the image
+    assert (batch[0] - batch[1]).abs().max() > 0.05  # while different samples get different crops
+
+
+def test_ranks_get_distinct_shards():
+    shards = [list(StepBatchSampler(2, 4, 6, rank, 3)) for rank in range(3)]
+    assert all(len(s) == 2 for s in shards)
+    step2 = sorted(key for shard in shards for key in shard[0])
+    assert step2 == [(2, slot) for slot in range(6)]
+    with pytest.raises(ConfigError, match="divisible"):
+        StepBatchSampler(0, 4, 5, 0, 2)
+
+
+def test_no_warning_for_clean_folder(tmp_path):
+    _write_images(tmp_path, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_images("folder", str(tmp_path), holdout=1).train) == 2

@@ -1,0 +1,344 @@
+"""Images for distillation: sources, a deterministic held-out split, and
+augmented batches that are a pure function of ``(seed, step)``.
+
+Sources: a folder (recursive), a text file listing image paths (relative to
+the file's folder), or ``bundled`` sample images that ship with installed
+packages (scikit-learn, matplotlib, ultralytics). Unreadable images are
+skipped, counted and reported in one warning line.
+
+Augmentation is random scale + crop: ONE crop box per image, drawn from a
+generator keyed on ``(seed, step, sample index)``; the crop is resized to a
+single *shared* resolution (the max of the student and teacher resolutions).
+The engine resizes that tensor for the student and each teacher resizes it
+for itself, so every view shows exactly the same crop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from zoo.errors import ConfigError, ZooError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+# (package, folder inside it, file names or None for every image there)
+BUNDLED_IMAGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("sklearn", "datasets/images", ("china.jpg", "flower.jpg")),
+    ("matplotlib", "mpl-data/sample_data", ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")),
+    ("ultralytics", "assets", None),
+)
+REPORT_FIRST = 3  # bad paths named in the warning line
+
+
+class DataWarning(UserWarning):
+    """Some images were skipped."""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def bundled_images() -> list[Path]:
+    """Sample images shipped with installed packages (found via importlib, no network)."""
+    found: list[Path] = []
+    for package, folder, names in BUNDLED_IMAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        base = Path(list(spec.submodule_search_locations)[0]) / folder
+        if not base.is_dir():
+            continue
+        candidates = [base / n for n in names] if names else sorted(p for p in base.iterdir() if _is_image(p))
+        found.extend(p for p in candidates if p.is_file())
+    return found
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """Every image under ``folder`` (recursive, symlinks followed), sorted."""
+    images = []
+    for root, _dirs, files in os.walk(folder, followlinks=True):
+        images.extend(Path(root) / name for name in files if _is_image(Path(name)))
+    return sorted(images)
+
+
+def list_file_images(list_file: Path) -> list[Path]:
+    """Paths listed one per line (blank lines and ``#`` comments ignored), relative to the file's folder."""
+    base = list_file.parent
+    images = []
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            path = Path(line).expanduser()
+            images.append(path if path.is_absolute() else base / path)
+    return images
+
+
+def resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Path | None]:
+    """``(source kind, image paths, root for relative names)`` of a recipe's ``data`` section."""
+    if source == "auto":
+        source = "bundled" if not path else ("folder" if Path(path).expanduser().is_dir() else "list")
+    if source == "bundled":
+        images = bundled_images()
+        if not images:
+            raise ZooError("no bundled sample images found (scikit-learn, matplotlib or ultralytics provide them); "
+                           "give a folder with --set data.path=/path/to/images")
+        return source, images, None
+    if not path:
+        raise ConfigError(f"recipe key 'data.path' is required for data.source '{source}' "
+                          "(e.g. --set data.path=/path/to/images)")
+    where = Path(path).expanduser()
+    if source == "folder":
+        if not where.is_dir():
+            raise ZooError(f"image folder not found: {where}")
+        return source, folder_images(where), where
+    if source == "list":
+        if not where.is_file():
+            raise ZooError(f"image list file not found: {where}")
+        return source, list_file_images(where), where.parent
+    raise ConfigError(f"recipe key 'data.source' must be auto, bundled, folder or list, got '{source}'")
+
+
+def _readable(path: Path) -> bool:
+    """True when PIL can fully decode the image (catches corrupt and truncated files)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means "skip this file"
+        return False
+
+
+@dataclass
+class ImageSet:
+    """The usable images of a source, split into train and held-out lists."""
+
+    source: str
+    train: list[Path]
+    holdout: list[Path]
+    skipped: list[Path]
+    root: Path | None
+
+    def describe(self) -> dict[str, object]:
+        return {"source": self.source, "root": str(self.root) if self.root else None, "train_images": len(self.train),
+                "holdout_images": len(self.holdout), "skipped_images": len(self.skipped)}
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path.name if root is None else path.as_posix()
+
+
+def holdout_split(paths: Sequence[Path], count: int, root: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """``(train, holdout)``: the ``count`` images with the smallest SHA-1 of their relative path.
+
+    Deterministic, independent of listing order, and stable when images are added
+    elsewhere (an image stays held out unless a smaller hash arrives). At least
+    one image is kept for training.
+    """
+    count = max(0, min(count, len(paths) - 1))
+    keyed = sorted(paths, key=lambda p: hashlib.sha1(_relative(p, root).encode()).hexdigest())
+    held = set(keyed[:count])
+    return [p for p in paths if p not in held], keyed[:count]
+
+
+def load_images(source: str = "auto", path: str | None = None, holdout: int = 2, verify_limit: int = 20000,
+                warn: bool = True) -> ImageSet:
+    """Find, check and split the images of a recipe's ``data`` section.
+
+    Up to ``verify_limit`` images are decoded up front; unreadable ones are
+    skipped and reported in one warning line. Larger sets are checked lazily
+    (:class:`CropDataset` substitutes a readable neighbour for a bad file).
+    """
+    kind, images, root = resolve_source(source, path)
+    missing = [p for p in images if not p.is_file()]
+    images = [p for p in images if p.is_file()]
+    bad = missing + ([p for p in images if not _readable(p)] if len(images) <= verify_limit else [])
+    bad_set = set(bad)
+    good = [p for p in images if p not in bad_set]
+    if bad and warn:
+        first = ", ".join(str(p) for p in bad[:REPORT_FIRST]) + (", ..." if len(bad) > REPORT_FIRST else "")
+        warnings.warn(f"skipped {len(bad)} unreadable image(s): {first}", DataWarning, stacklevel=2)
+    if not good:
+        where = root or "the bundled sample images"
+        raise ZooError(f"no usable images in {where} ({len(bad)} unreadable; extensions: {' '.join(IMAGE_EXTENSIONS)})")
+    train, held = holdout_split(good, holdout, root)
+    return ImageSet(kind, train, held, bad, root)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index`` of step ``step``: a pure function of the three."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(step), int(index)]))
+
+
+def random_crop_box(width: int, height: int, rng: np.random.Generator, scale: Sequence[float] = (0.25, 1.0),
+                    ratio: Sequence[float] = (3 / 4, 4 / 3), attempts: int = 10) -> tuple[int, int, int, int]:
+    """A random-resized-crop box ``(left, top, right, bottom)`` (torchvision's algorithm)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(attempts):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return (left, top, left + w, top + h)
+    return (0, 0, width, height)  # torchvision falls back to (about) the whole image too
+
+
+def center_crop_box(width: int, height: int, aspect_hw: Sequence[int] | None = None) -> tuple[int, int, int, int]:
+    """The largest centred box with the aspect of ``aspect_hw`` (h, w); the whole image if None."""
+    if aspect_hw is None:
+        return (0, 0, width, height)
+    target = aspect_hw[1] / aspect_hw[0]  # width / height
+    if width / height > target:
+        w, h = int(round(height * target)), height
+    else:
+        w, h = width, int(round(width / target))
+    left, top = (width - w) // 2, (height - h) // 2
+    return (left, top, left + w, top + h)
+
+
+def load_crop(path: Path, box_fn, size_hw: tuple[int, int], flip: bool = False) -> torch.Tensor:
+    """Decode ``path``, crop ``box_fn(width, height)``, resize to ``size_hw``: float [3, h, w] in [0, 1]."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        box = box_fn(*image.size)
+        view = image.resize((size_hw[1], size_hw[0]), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    if flip:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = np.asarray(view, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class CropDataset(Dataset):
+    """Item ``(step, slot)`` -> the augmented crop of sample ``slot`` of global batch ``step``.
+
+    Which image a slot shows and its crop box/flip are functions of
+    ``(seed, step, slot)`` only, so any process computes the same batch.
+    """
+
+    def __init__(self, paths: Sequence[Path], size_hw: tuple[int, int], seed: int, batch_size: int,
+                 scale: Sequence[float] = (0.25, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 hflip: bool = False) -> None:
+        self.paths = list(paths)
+        self.size_hw = tuple(size_hw)
+        self.seed, self.batch_size = int(seed), int(batch_size)
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), bool(hflip)
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:  # items are addressed by (step, slot), not by index
+        return len(self.paths)
+
+    def image_index(self, step: int, slot: int) -> int:
+        """Epoch-wise sampling without replacement: epoch ``e`` is a permutation seeded by ``(seed, e)``."""
+        position = step * self.batch_size + slot
+        epoch, offset = divmod(position, len(self.paths))
+        if self._order is None or self._order[0] != epoch:  # one permutation per epoch (millions of images)
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1_000_003, epoch]))
+            self._order = (epoch, rng.permutation(len(self.paths)))
+        return int(self._order[1][offset])
+
+    def crop_box(self, step: int, slot: int, width: int, height: int) -> tuple[int, int, int, int]:
+        return random_crop_box(width, height, sample_rng(self.seed, step, slot), self.scale, self.ratio)
+
+    def flip(self, step: int, slot: int) -> bool:
+        # A separate stream so toggling hflip leaves every crop box unchanged.
+        return self.hflip and bool(sample_rng(self.seed + 7919, step, slot).random() < 0.5)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        step, slot = key
+        index = self.image_index(step, slot)
+        for attempt in range(len(self.paths)):
+            path = self.paths[(index + attempt) % len(self.paths)]
+            try:
+                return load_crop(path, lambda w, h: self.crop_box(step, slot, w, h), self.size_hw,
+                                 self.flip(step, slot))
+            except Exception as err:  # noqa: BLE001 - a bad file found late: use the next one
+                warnings.warn(f"skipped unreadable image {path}: {err.__class__.__name__}", DataWarning, stacklevel=2)
+        raise ZooError("no readable image left in the data source")
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields, for steps ``start..steps-1``, this rank's slots of the global batch."""
+
+    def __init__(self, start: int, steps: int, global_batch: int, rank: int = 0, world_size: int = 1) -> None:
+        if global_batch % world_size:
+            raise ConfigError(f"recipe key 'train.batch_size' ({global_batch}) must be divisible by the "
+                              f"number of processes ({world_size})")
+        self.start, self.steps = int(start), int(steps)
+        self.per_rank = global_batch // world_size
+        self.first = rank * self.per_rank
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.steps):
+            yield [(step, self.first + i) for i in range(self.per_rank)]
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader workers: 0-2 on CPU (the cores train the model), up to 8 on a GPU."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cpu":
+        return 0 if cpus <= 2 else min(2, cpus // 4)
+    return max(1, min(8, cpus - 1))
+
+
+def train_loader(dataset: CropDataset, start: int, steps: int, global_batch: int, rank: int = 0,
+                 world_size: int = 1, workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches ``[B_rank, 3, H, W]`` for steps ``start..steps-1`` (the order never depends on workers)."""
+    sampler = StepBatchSampler(start, steps, global_batch, rank, world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(dataset.seed))  # never draw from the global RNG
+
+
+def eval_batches(paths: Sequence[Path], size_hw: tuple[int, int], crop_hw: tuple[int, int],
+                 batch_size: int) -> Iterator[torch.Tensor]:
+    """Held-out images: the centred crop with the student's aspect, no augmentation."""
+    for i in range(0, len(paths), batch_size):
+        yield torch.stack([load_crop(p, lambda w, h: center_crop_box(w, h, crop_hw), size_hw)
+                           for p in paths[i:i + batch_size]])
+
+
+# --------------------------------------------------------------------------- student view
+
+
+def shared_resolution(*resolutions: Sequence[int]) -> tuple[int, int]:
+    """The largest height and width among the student's and teachers' resolutions."""
+    return (max(int(r[0]) for r in resolutions), max(int(r[1]) for r in resolutions))
+
+
+def student_view(images: torch.Tensor, resolution: tuple[int, int]) -> torch.Tensor:
+    """Shared-resolution [0, 1] images -> the student's size, ImageNet-normalised (timm's constants)."""
+    if tuple(images.shape[-2:]) != tuple(resolution):
+        images = F.interpolate(images, size=tuple(resolution), mode="bilinear", align_corners=False, antialias=True)
+    mean = images.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    return (images - mean) / std

@@ -1,0 +1,343 @@
+"""Distillation recipes: nested dataclasses loaded from YAML.
+
+Every default lives in the dataclasses below (one place); a YAML file only
+says what differs. ``load_recipe("smoke")`` reads a recipe shipped in the
+:mod:`recipes` package; ``load_recipe("my.yaml", ["optim.lr=5e-4"])`` reads a
+file and applies ``--set`` overrides (values parsed as YAML). An unknown key
+or a wrongly typed value raises :class:`~zoo.errors.ConfigError` naming its
+dotted path and the valid keys at that level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from zoo.backbone import as_hw
+from zoo.errors import ConfigError, ResolutionError, unknown_name
+
+RECIPE_PACKAGE = "recipes"
+DATA_SOURCES = ("auto", "bundled", "folder", "list")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from.
+
+    ``source``: ``bundled`` (sample images shipped with installed packages),
+    ``folder`` (``path`` searched recursively), ``list`` (``path`` is a text
+    file with one image path per line, relative to the file's folder) or
+    ``auto`` (``bundled`` without a path, else folder or list by what ``path`` is).
+    """
+
+    source: str = "auto"
+    path: str | None = None
+    workers: int | None = None  # DataLoader workers; None: 0-2 on CPU, up to 8 on GPU
+    verify_limit: int = 20000  # decode every image up front when there are at most this many
+
+
+@dataclass
+class AugmentConfig:
+    """Random scale + crop, one box per image shared by the student and every teacher."""
+
+    scale: tuple[float, float] = (0.25, 1.0)  # crop area as a fraction of the image
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range (width / height)
+    hflip: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    """Paper eq. 3: feature loss ``alpha·cos + beta·smooth-L1``; λ/γ per teacher name (default 1)."""
+
+    alpha: float = 0.9
+    beta: float = 0.1
+    summary_weights: dict[str, float] = field(default_factory=dict)
+    feature_weights: dict[str, float] = field(default_factory=dict)
+    balancing: str = "naive"  # naive | uncertainty | adaloss
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings. ``batch_size`` is global (split over the processes)."""
+
+    steps: int = 100
+    batch_size: int = 8
+    resolution: int | list[int] = 224  # student resolution (int or [h, w])
+    grad_clip: float | None = 1.0  # max gradient norm; null turns clipping off
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | off
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation: ``images`` held out of training, centre crop, no augmentation."""
+
+    images: int = 2
+    every: int = 0  # steps between evaluations; 0: only at the end
+    batch_size: int = 8
+
+
+@dataclass
+class BenchConfig:
+    """Throughput measurement written to the run record (after training, eval mode)."""
+
+    enabled: bool = True
+    batch_size: int | None = None  # None: the bench default for the device
+    warmup: int = 3
+    repeats: int = 5
+    steps_per_repeat: int = 5
+
+
+@dataclass
+class Recipe:
+    """One distillation recipe (see the module docstring)."""
+
+    name: str = "custom"
+    description: str = ""
+    teachers: list[str] = field(default_factory=lambda: ["clip:tiny", "dinov2:tiny"])
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        """The student resolution as ``(h, w)``."""
+        return as_hw(self.train.resolution)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples) for YAML/JSON and checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> "Recipe":
+        """Check values that the types alone cannot; returns ``self``."""
+        checks = [
+            ("train.steps", self.train.steps >= 1, "must be at least 1"),
+            ("train.batch_size", self.train.batch_size >= 1, "must be at least 1"),
+            ("train.log_every", self.train.log_every >= 1, "must be at least 1"),
+            ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be at least 1"),
+            ("train.amp", self.train.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
+            ("data.source", self.data.source in DATA_SOURCES, f"must be one of {', '.join(DATA_SOURCES)}"),
+            ("optim.lr", self.optim.lr > 0, "must be positive"),
+            ("optim.min_lr", 0 <= self.optim.min_lr <= self.optim.lr, "must be between 0 and optim.lr"),
+            ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be 0 or more"),
+            ("augment.scale", 0 < self.augment.scale[0] <= self.augment.scale[1] <= 1, "must be 0 < min <= max <= 1"),
+            ("augment.ratio", 0 < self.augment.ratio[0] <= self.augment.ratio[1], "must be 0 < min <= max"),
+            ("eval.images", self.eval.images >= 1, "must be at least 1"),
+            ("eval.every", self.eval.every >= 0, "must be 0 or more"),
+            ("eval.batch_size", self.eval.batch_size >= 1, "must be at least 1"),
+            ("teachers", len(self.teachers) >= 1, "must list at least one teacher"),
+        ]
+        for path, ok, message in checks:
+            if not ok:
+                raise ConfigError(f"recipe key '{path}' {message}")
+        from zoo.losses import BALANCING_METHODS
+
+        if self.loss.balancing not in BALANCING_METHODS:
+            raise ConfigError(f"recipe key 'loss.balancing' must be one of {', '.join(BALANCING_METHODS)}, "
+                              f"got '{self.loss.balancing}'")
+        try:
+            self.resolution
+        except (ResolutionError, ValueError, TypeError):
+            raise ConfigError(f"recipe key 'train.resolution' must be N or [h, w], "
+                              f"got {self.train.resolution!r}") from None
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """``value`` checked against the type hint ``tp`` (ints accepted as floats, lists as tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"recipe key '{path}' expects {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"recipe key '{path}' expects a mapping of {_valid_keys(tp)}, got {value!r}")
+        return _build(tp, value, path)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"recipe key '{path}' expects a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"recipe key '{path}' expects {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        return origin(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp) or (Any, Any)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"recipe key '{path}' expects a mapping, got {value!r}")
+        return {_coerce(k, key_type, path): _coerce(v, value_type, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"recipe key '{path}' expects {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _valid_keys(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            near = unknown_name("key", str(key), names)
+            raise ConfigError(f"unknown recipe key '{dotted}'; valid keys at "
+                              f"{path or 'the top level'}: {_valid_keys(cls)}{_near_hint(near)}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _near_hint(err: Exception) -> str:
+    text = str(err)
+    return f" (closest: {text.split('closest: ', 1)[1]})" if "closest: " in text else ""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=5e-4"`` -> ``(["optim", "lr"], 0.0005)`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not KEY=VALUE (e.g. optim.lr=5e-4)")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({err.__class__.__name__})") from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each ``a.b.c=value`` in the nested dict ``data`` (in place; returned)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{'.'.join(parts[:i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _recipe_files() -> Any:
+    """The :mod:`recipes` package folder (or, in a source checkout not yet reinstalled, the folder beside ``zoo``)."""
+    try:
+        return importlib.resources.files(RECIPE_PACKAGE)
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / RECIPE_PACKAGE
+        if folder.is_dir():
+            return folder
+        raise ConfigError("the shipped recipes are missing (package 'recipes' not installed); "
+                          "give a recipe file path instead") from None
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped in the :mod:`recipes` package."""
+    files = _recipe_files()
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """The raw mapping and the default recipe name."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text:
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        content, default_name = path.read_text(encoding="utf-8"), path.stem
+    else:
+        resource = _recipe_files() / f"{text}.yaml"
+        if not resource.is_file():
+            raise unknown_name("recipe", text, shipped_recipes())
+        content, default_name = resource.read_text(encoding="utf-8"), text
+    try:
+        data = yaml.safe_load(content) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {text}: invalid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {text}: the top level must be a mapping of {_valid_keys(Recipe)}")
+    return data, default_name
+
+
+def recipe_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Recipe:
+    """A validated :class:`Recipe` from plain data (e.g. a checkpoint's ``recipe``) plus overrides."""
+    data = apply_overrides(_plain(dict(data)), overrides)
+    return _build(Recipe, data).validate()
+
+
+def load_recipe(name_or_path: str | Path | Recipe, overrides: Sequence[str] = ()) -> Recipe:
+    """A shipped recipe by name (``smoke``, ``table7``, ``search-proxy``) or a YAML file, plus overrides."""
+    if isinstance(name_or_path, Recipe):
+        return recipe_from_dict(name_or_path.to_dict(), overrides)
+    data, default_name = _read_source(name_or_path)
+    data.setdefault("name", default_name)
+    return recipe_from_dict(data, overrides)
