@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("zoo.commands.distill_cmd:distill_command", "Distill backbones from CLIP + DINOv2 teachers."),
     "pareto": ("zoo.commands.pareto_cmd:pareto_command", "The speed/quality Pareto front of runs and benches."),
     "search": ("zoo.commands.search_cmd:search_command", "Optuna architecture search over E-RADIO."),
+    "eval": ("zoo.commands.eval_cmd:eval_group", "k-NN and zero-shot classification of students and teachers."),
+    "viz": ("zoo.commands.viz_cmd:viz_command", "PCA pictures of spatial features."),
 }
 
 
