@@ -312,7 +312,7 @@ def test_study_records(tmp_path: Path):
     with pytest.raises(ZooError, match="unknown study 'eradoi'.*eradio"):
         load_study_records(storage, "eradoi")
     missing = tmp_path / "nope.db"
-    with pytest.raises(ZooError, match="no such Optuna database"):
+    with pytest.raises(ZooError, match="no such Optuna storage"):
         load_study_records(f"sqlite:///{missing}")
     assert not missing.exists()
     result = CliRunner().invoke(cli, ["pareto", "--study", storage, "--study-name", "eradio"])

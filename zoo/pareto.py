@@ -364,14 +364,15 @@ def load_study_records(storage: str, study_name: str | None = None, skip_invalid
     """
     import optuna  # imported here: optuna is slow to import and only this loader needs it
 
+    from search.study import open_storage, require_existing  # one way to open every storage URL
+
     warn = warn or (lambda message: None)
-    if storage.startswith("sqlite:///"):
-        # Opening a missing SQLite file would silently create an empty database.
-        db_path = Path(storage[len("sqlite:///"):])
-        if str(db_path) != ":memory:" and not db_path.is_file():
-            raise ZooError(f"no such Optuna database: {db_path} (from {storage})")
+    require_existing(storage)  # opening a missing SQLite file or journal would create an empty one
     try:
-        names = optuna.get_all_study_names(storage=storage)
+        opened = open_storage(storage, heartbeat_interval=None)
+        names = optuna.get_all_study_names(storage=opened)
+    except ZooError:
+        raise
     except Exception as err:  # bad URL, missing driver, unreadable file: all user-fixable
         raise ZooError(f"cannot open Optuna storage {storage!r}: {str(err).splitlines()[0]}") from err
     if study_name is None:
@@ -381,22 +382,28 @@ def load_study_records(storage: str, study_name: str | None = None, skip_invalid
         study_name = names[0]
     if study_name not in names:
         raise unknown_name("study", study_name, names)
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=opened)
     records = []
+    infeasible = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         source = f"{study_name}#trial {trial.number}"
         try:
             if "record" not in trial.user_attrs:
                 raise ConfigError(f"{source}: missing user attribute 'record'")
             data = dict(trial.user_attrs["record"])
+            if data.get("feasible") is False:  # violates the sweep's constraints (max params, min speed)
+                infeasible += 1
+                continue
             data.setdefault("trial_number", trial.number)
             records.append(record_from_dict(data, source))
         except ZooError as err:
             if not skip_invalid:
                 raise
             warn(f"skipped {err}")
+    if infeasible:
+        warn(f"left out {infeasible} trial(s) of {study_name!r} that violate the study's constraints")
     if not records:
-        raise ZooError(f"study {study_name!r} has no complete trials with records")
+        raise ZooError(f"study {study_name!r} has no complete feasible trials with records")
     return records
 
 

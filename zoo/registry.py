@@ -141,7 +141,14 @@ def families() -> list[str]:
 
 
 def get_entry(name: str) -> BackboneEntry:
-    """The entry for ``name``; unknown names fail with the closest matches."""
+    """The entry for ``name``; unknown names fail with the closest matches.
+
+    ``name`` may also be a backbone file (``.yaml``) written by ``zoo search --export``.
+    """
+    if str(name).lower().endswith((".yaml", ".yml")):
+        from search.export import file_entry
+
+        return file_entry(name)
     _load_plugins()
     if name not in _REGISTRY:
         raise unknown_name("backbone", name, _REGISTRY)

@@ -1,0 +1,129 @@
+"""Does the sampler matter? Hypervolume of NSGA-II and TPE against random sampling at the same budget.
+
+Each sampler runs ``--trials`` trials of the real E-RADIO search space
+(:class:`search.space.SearchSpace`) on a *cheap surrogate objective*, for
+several seeds; the score is the hypervolume of the trials' front
+(``optuna._hypervolume.compute_hypervolume``) in the plane
+(``-log10 throughput``, ``FD loss``), both minimised, against one reference
+point for all runs (the worst values of a random pool, plus 5%).
+
+The surrogate (no training, no timing, so the comparison is about the
+samplers and runs in about a minute on a CPU):
+
+* FLOPs are counted exactly on the meta device (``torch.utils.flop_counter``)
+  and throughput is ``1000 / latency_ms`` with
+  ``latency_ms = GMACs x 1 ms + 0.05 ms per block`` (a notional accelerator
+  at 1 TMAC/s with a per-layer launch cost, so depth costs speed too);
+* FD loss is :func:`search.objective.surrogate_fd_loss` (falls with
+  parameters, attention depth, a neck, larger windows), the stand-in
+  ``zoo search --dry-run`` uses.
+
+    python benchmarks/search_efficiency.py                     # 40 trials x 3 seeds, 224 px
+    python benchmarks/search_efficiency.py --trials 60 --seeds 5 --samplers nsga2,tpe,random
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import time
+import warnings
+
+import numpy as np
+import optuna
+import torch
+from optuna._hypervolume import compute_hypervolume
+from torch.utils.flop_counter import FlopCounterMode
+
+from search import study as runner
+from search.objective import surrogate_fd_loss
+from search.space import Candidate, SearchSpace
+
+MS_PER_GMAC = 1.0
+MS_PER_BLOCK = 0.05
+POOL_SIZE = 200  # random candidates that set the reference point
+
+
+class SurrogateObjective:
+    """(throughput, FD loss) of a candidate from its exact FLOPs/params; cached per candidate."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.cache: dict[str, tuple[float, float]] = {}
+
+    def evaluate(self, candidate: Candidate) -> tuple[float, float]:
+        key = candidate.key()
+        if key not in self.cache:
+            backbone = candidate.build(device="meta").eval()
+            params_m = sum(p.numel() for p in backbone.parameters()) / 1e6
+            with FlopCounterMode(display=False) as counter:
+                backbone(torch.zeros(1, 3, candidate.resolution, candidate.resolution, device="meta"))
+            gmacs = counter.get_total_flops() / 2e9  # FlopCounterMode counts 2 FLOPs per multiply-add
+            blocks = sum(candidate.config.depths) * (1 + len(candidate.config.mra_ratios))
+            throughput = 1000.0 / (gmacs * MS_PER_GMAC + blocks * MS_PER_BLOCK)
+            self.cache[key] = (throughput, surrogate_fd_loss(candidate, params_m))
+        return self.cache[key]
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        return self.evaluate(self.space.sample(trial))
+
+
+def losses(points: list[tuple[float, float]]) -> np.ndarray:
+    return np.array([[-math.log10(t), f] for t, f in points])
+
+
+def hypervolume(points: list[tuple[float, float]], reference: np.ndarray) -> float:
+    values = losses(points)
+    values = values[np.all(values < reference, axis=1)]
+    return float(compute_hypervolume(values, reference)) if len(values) else 0.0
+
+
+def run(sampler_name: str, seed: int, trials: int, objective: SurrogateObjective) -> list[tuple[float, float]]:
+    sampler = runner.make_sampler(sampler_name, "multi", trials, seed=seed)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study.optimize(objective, n_trials=trials)
+    return [tuple(t.values) for t in study.trials if t.values is not None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--samplers", default="nsga2,tpe,random")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+
+    space = SearchSpace((args.resolution,))
+    objective = SurrogateObjective(space)
+    rng = random.Random(12345)
+    pool = [objective.evaluate(space.params_to_candidate(space.random_params(rng))) for _ in range(POOL_SIZE)]
+    reference = losses(pool).max(axis=0)
+    reference = reference + 0.05 * np.abs(reference)
+
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    results: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for name in samplers:
+        results[name] = [hypervolume(run(name, seed, args.trials, objective), reference) for seed in range(args.seeds)]
+    seconds = time.perf_counter() - start
+
+    print(f"E-RADIO space at {args.resolution} px ({space.size():,} candidates), surrogate objective, "
+          f"{args.trials} trials x {args.seeds} seeds, reference point {np.round(reference, 4).tolist()}")
+    print(f"random pool of {POOL_SIZE}: hypervolume {hypervolume(pool, reference):.4f}")
+    base = statistics.mean(results["random"]) if "random" in results else None
+    for name, values in results.items():
+        mean = statistics.mean(values)
+        ratio = f"  ratio vs random {mean / base:.3f}" if base else ""
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{name:>7}: hypervolume {mean:.4f} ± {spread:.4f} (per seed: "
+              f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
+    print(f"{len(objective.cache)} distinct candidates evaluated in {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""The study runner: storage, sampler, trial budget shared by workers, results.
+
+Several ``zoo search`` processes pointed at one storage and study name are
+workers of one sweep. Semantics of ``n_trials`` (the study's TOTAL, not per
+worker):
+
+* a trial *counts* when it is COMPLETE (feasible or not), PRUNED by the
+  pruner, or RUNNING (in flight in some worker);
+* it does *not* count when it FAILED (an exception, or a killed worker whose
+  heartbeat went stale) or was *skipped*: PRUNED at once, before any work,
+  with ``user_attrs["skipped"]`` saying why (a duplicate of an evaluated or
+  in-flight configuration, or a surplus trial over the budget);
+* a worker starts a trial only while fewer than ``n_trials`` trials count, and
+  a trial that finds ``n_trials`` counting trials numbered before it skips
+  itself: two workers asking at the same moment cannot overshoot (Optuna's
+  ``MaxTrialsCallback`` counts only finished trials, so ``k`` workers may
+  overshoot by ``k - 1``);
+* when the budget is taken but other workers still run trials, a worker with
+  heartbeats waits for them (a killed one's trial turns FAIL after the grace
+  period and is retried by this worker), so every worker returns when the
+  study is finished; without heartbeats (journal storage) it returns at once;
+* N failures in a row stop a worker with an error (a broken setup must not
+  loop forever); a run of skipped duplicates stops it with a note (the space,
+  or what the sampler still proposes, is exhausted);
+* a worker stopped by SIGINT/SIGTERM (the proxy run saves its checkpoint)
+  fails its trial and queues the same candidate again: the next worker
+  resumes that proxy run from its checkpoint.
+
+Heartbeats work with ``study.optimize`` only (not ask/tell), so each trial is
+one ``study.optimize(n_trials=1)`` call; RDB storages get
+``heartbeat_interval``/``grace_period`` and
+:class:`optuna.storages.RetryHeartbeatStaleTrialCallback` (the stale trial
+becomes FAIL, a WAITING copy of it runs next and resumes its proxy run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective
+from search.space import Candidate, SearchSpace
+from zoo.errors import ConfigError, UnknownNameError, ZooError, unknown_name
+
+DEFAULT_STORAGE = "sqlite:///runs/search.db"
+DEFAULT_STUDY = "eradio-search"
+SQLITE_TIMEOUT_S = 60  # seconds a writer waits for SQLite's lock ("database is locked" otherwise)
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is marked FAIL
+MAX_RETRY = 2  # times a trial of a killed worker is re-run
+MAX_FAILURES_IN_ROW = 3
+MAX_SKIPS_IN_ROW = 50
+SAMPLERS = ("nsga2", "tpe", "random")
+SPACE_ATTR = "zoo_search_space"
+OBJECTIVE_ATTR = "zoo_search_objective"
+SKIPPED_ATTR = "skipped"
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def journal_path(url: str) -> Path | None:
+    """The log file of a journal storage URL (``journal:///abs/file.log``, a plain ``*.log`` path), else None."""
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):])  # journal:///abs/file.log -> /abs/file.log
+    if "://" not in url and url.endswith(".log"):
+        return Path(url)
+    return None
+
+
+def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+                 grace_period: int | None = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY) -> Any:
+    """An Optuna storage for ``url``: RDB (SQLite, PostgreSQL, MySQL) with heartbeats, or a journal file.
+
+    SQLite files get a 60 s lock timeout and their folder is created. Journal
+    files (safe on NFS) have no heartbeats: a killed worker's trial stays RUNNING.
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal = journal_path(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(journal)))
+    if "://" not in url:
+        raise ConfigError(f"storage {url!r} is neither a database URL (sqlite:///file.db, postgresql://...) "
+                          "nor a journal file (*.log, journal:///path/file.log)")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            heartbeat: dict[str, Any] = {}
+            if heartbeat_interval:
+                heartbeat = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+            return _create_rdb(RDBStorage, url, engine_kwargs, heartbeat)
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
+        raise ZooError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0]}") from err
+    except Exception as err:  # sqlalchemy errors: bad host, bad credentials, unreadable file
+        if type(err).__module__.startswith("sqlalchemy"):
+            raise ZooError(f"cannot open Optuna storage {url!r}: {str(err).splitlines()[0]}") from err
+        raise
+
+
+def _create_rdb(cls: Any, url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any],
+                attempts: int = 5) -> Any:
+    """``RDBStorage(...)``, retried when another worker is creating the same schema at that moment
+    (SQLite then answers "table ... already exists" or "database is locked")."""
+    for attempt in range(attempts):
+        try:
+            return cls(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except Exception as err:  # noqa: BLE001 - sqlalchemy's OperationalError, re-raised unless a race
+            racing = "already exists" in str(err) or "database is locked" in str(err)
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def require_existing(url: str) -> None:
+    """Refuse a missing SQLite file or journal (opening one would silently create an empty storage)."""
+    journal = journal_path(url)
+    path = journal if journal is not None else (Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None)
+    if path is not None and str(path) != ":memory:" and not path.is_file():
+        raise ZooError(f"no such Optuna storage: {path} (from {url})")
+
+
+def heartbeat_enabled(study: Any) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def fail_stale_trials(study: Any) -> None:
+    """Mark trials of dead workers FAIL (and queue their retries), where heartbeats are on."""
+    import optuna
+
+    if heartbeat_enabled(study):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+# --------------------------------------------------------------------------- sampler / study
+
+
+def default_population(n_trials: int) -> int:
+    """NSGA-II population: about five generations within the budget, between 8 and 50."""
+    return max(8, min(50, n_trials // 5))
+
+
+def make_sampler(name: str | None, objective: str, n_trials: int, seed: int | None = None,
+                 population_size: int | None = None) -> Any:
+    """``nsga2`` (multi-objective default), ``tpe`` (single-objective default; constant liar for
+    parallel workers) or ``random``."""
+    import optuna
+
+    name = name or ("nsga2" if objective == MULTI else "tpe")
+    if name not in SAMPLERS:
+        raise unknown_name("sampler", name, SAMPLERS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(population_size=population_size or default_population(n_trials),
+                                                 seed=seed)
+        if name == "tpe":
+            # constant_liar: RUNNING trials count as bad guesses, so parallel workers spread out.
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(objective: str, n_startup_trials: int = 3) -> Any:
+    """Median pruning of the FD-loss curve for the single objective; none for multi-objective studies."""
+    import optuna
+
+    if objective == FD_LOSS:
+        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(storage: Any, study_name: str, space: SearchSpace | None = None, objective: str = MULTI,
+               sampler: Any = None, pruner: Any = None, create: bool = True) -> Any:
+    """Create or join study ``study_name``; a worker whose space or objective differs is refused."""
+    import optuna
+
+    if not create:
+        names = optuna.get_all_study_names(storage)
+        if study_name not in names:
+            raise unknown_name("study", study_name, names)
+        return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=DIRECTIONS[objective],
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    wanted = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+              for d in DIRECTIONS[objective]]
+    if list(study.directions) != wanted:
+        raise ConfigError(f"study {study_name!r} exists with another objective "
+                          f"({study.user_attrs.get(OBJECTIVE_ATTR, len(study.directions))}); use another --study-name")
+    if space is not None:
+        described = json.loads(json.dumps(space.describe()))  # the form it takes in storage
+        stored = study.user_attrs.get(SPACE_ATTR)
+        if stored is None:
+            study.set_user_attr(SPACE_ATTR, described)
+            study.set_user_attr(OBJECTIVE_ATTR, objective)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(OBJECTIVE_NAMES[objective])
+        elif stored != described:
+            raise ConfigError(f"study {study_name!r} was created with another search space (resolutions "
+                              f"{stored.get('resolutions')}, or other --limit values); use the same options "
+                              "or another --study-name")
+    return study
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def is_skipped(trial: Any) -> bool:
+    return SKIPPED_ATTR in trial.user_attrs
+
+
+def counts_toward_budget(trial: Any) -> bool:
+    """COMPLETE, RUNNING and pruner-PRUNED trials count; FAIL, WAITING and skipped ones do not."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.RUNNING):
+        return True
+    return trial.state == TrialState.PRUNED and not is_skipped(trial)
+
+
+@dataclass
+class Counts:
+    counted: int = 0
+    complete: int = 0
+    running: int = 0
+    pruned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    waiting: int = 0
+
+
+def trial_counts(study: Any) -> Counts:
+    from optuna.trial import TrialState
+
+    counts = Counts()
+    for trial in study.get_trials(deepcopy=False):
+        counts.counted += counts_toward_budget(trial)
+        if trial.state == TrialState.COMPLETE:
+            counts.complete += 1
+        elif trial.state == TrialState.RUNNING:
+            counts.running += 1
+        elif trial.state == TrialState.FAIL:
+            counts.failed += 1
+        elif trial.state == TrialState.WAITING:
+            counts.waiting += 1
+        elif is_skipped(trial):
+            counts.skipped += 1
+        else:
+            counts.pruned += 1
+    return counts
+
+
+def make_trial_check(study: Any, n_trials: int) -> Callable[[Any, Candidate], str | None]:
+    """The check a trial runs right after sampling: a reason to skip it (surplus, duplicate) or None."""
+    from optuna.trial import TrialState
+
+    def check(trial: Any, candidate: Candidate) -> str | None:
+        key = candidate.key()
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        before = [t for t in others if t.number < trial.number]
+        counted = sum(counts_toward_budget(t) for t in before)
+        if counted >= n_trials:
+            return f"surplus: {counted} trials before it already take the budget of {n_trials}"
+        for other in others:
+            if other.user_attrs.get("key") != key or is_skipped(other):
+                continue
+            # An in-flight trial numbered after this one skips itself when it sees this one.
+            if other.state == TrialState.RUNNING and other.number > trial.number:
+                continue
+            if other.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+                return f"duplicate of trial {other.number} ({other.state.name.lower()})"
+        return None
+
+    return check
+
+
+def enqueue_variants(study: Any, space: SearchSpace, names: Sequence[str], resolution: int | None = None) -> list[str]:
+    """Queue the paper's variants (``all`` = every one) as the study's first trials; returns those queued."""
+    from eradio.config import ERADIO_VARIANTS
+
+    names = list(ERADIO_VARIANTS) if list(names) == ["all"] else list(names)
+    for name in names:
+        if name.removeprefix("eradio-") not in ERADIO_VARIANTS:
+            raise unknown_name("E-RADIO variant", name, ERADIO_VARIANTS)
+    names = [n.removeprefix("eradio-") for n in names]
+    params = space.variant_params(names, resolution)
+    for name in names:
+        study.enqueue_trial(params[name], user_attrs={"variant": f"eradio-{name}"}, skip_if_exists=True)
+    return names
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did."""
+
+    ran: int = 0
+    complete: int = 0
+    pruned: int = 0
+    skipped: int = 0
+    failed: int = 0
+    stopped_because: str = ""
+    counts: Counts | None = None
+
+
+def run_worker(study: Any, objective: SearchObjective, n_trials: int, timeout: float | None = None,
+               wait_for_others: bool = True, poll_s: float | None = None,
+               on_trial: Callable[[Any], None] | None = None,
+               max_failures_in_row: int = MAX_FAILURES_IN_ROW,
+               max_skips_in_row: int = MAX_SKIPS_IN_ROW) -> WorkerReport:
+    """Run trials of ``study`` until it holds ``n_trials`` counting trials (see the module docstring)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if n_trials < 1:
+        raise ConfigError(f"--n-trials must be at least 1, got {n_trials}")
+    objective.duplicate_check = make_trial_check(study, n_trials)
+    objective.prepare()  # a missing recipe or a bad teacher spec fails here, before any trial
+    report = WorkerReport()
+    start = time.monotonic()
+    failures = skips = 0
+    heartbeat = heartbeat_enabled(study)
+    poll_s = poll_s or (min(5.0, float(study._storage.get_heartbeat_interval())) if heartbeat else 1.0)
+    finished: list[Any] = []
+
+    def remember(study_: Any, trial: Any) -> None:
+        finished.append(trial)
+
+    while True:
+        if timeout is not None and time.monotonic() - start > timeout:
+            report.stopped_because = f"timeout ({timeout:g} s)"
+            break
+        fail_stale_trials(study)
+        counts = trial_counts(study)
+        if counts.counted >= n_trials:
+            if counts.running and heartbeat and wait_for_others:
+                time.sleep(poll_s)  # in-flight trials of other workers: they finish, or go stale and get retried
+                continue
+            report.stopped_because = f"budget reached ({counts.counted}/{n_trials} trials)"
+            break
+        finished.clear()
+        objective.current = None
+        error: Exception | None = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, n_trials=1, callbacks=[remember], gc_after_trial=True)
+        except (ZooError, KeyboardInterrupt) as err:
+            # A user-fixable problem (every trial would fail alike) or a stop request: end this worker.
+            # A proxy run stopped by a signal saved its checkpoint: queue its candidate again, so the
+            # next worker resumes it instead of losing the trial.
+            if _interrupted(err) and objective.current is not None:
+                number, params = objective.current
+                study.enqueue_trial(params, user_attrs={"resumes": number})
+                raise ZooError(f"stopped during trial {number}; its proxy run is checkpointed and queued again: "
+                               "run the same zoo search command to resume it") from err
+            raise
+        except Exception as err:  # noqa: BLE001 - the trial is stored as FAIL; decide whether to go on
+            error = err
+        report.ran += 1
+        trial = finished[-1] if finished else None
+        if error is not None or (trial is not None and trial.state == TrialState.FAIL):
+            report.failed += 1
+            failures += 1
+            if on_trial and trial is not None:
+                on_trial(trial)
+            if failures >= max_failures_in_row:
+                last = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}" if error else "see the log"
+                raise ZooError(f"{failures} trials in a row failed; last error: {last}")
+            continue
+        failures = 0
+        if trial is not None and is_skipped(trial):
+            report.skipped += 1
+            skips += 1
+            report.ran -= 1
+            if skips >= max_skips_in_row:
+                report.stopped_because = f"{skips} proposals in a row were duplicates (space exhausted?)"
+                break
+            continue
+        skips = 0
+        if trial is not None:
+            if trial.state == TrialState.COMPLETE:
+                report.complete += 1
+            elif trial.state == TrialState.PRUNED:
+                report.pruned += 1
+            if on_trial:
+                on_trial(trial)
+    report.counts = trial_counts(study)
+    return report
+
+
+def _interrupted(err: BaseException) -> bool:
+    return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "DistillInterrupted"
+
+
+# --------------------------------------------------------------------------- results
+
+
+def feasible(trial: Any) -> bool:
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto_trials(study: Any) -> list[Any]:
+    """The non-dominated COMPLETE feasible trials (single objective: the best), best FD loss first."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if feasible(t) and t.values is not None]
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
+    losses = {t.number: [s * v for s, v in zip(signs, t.values)] for t in trials}
+    front = [t for t in trials if not any(_dominates(losses[o.number], losses[t.number]) for o in trials)]
+    if len(study.directions) == 1 and front:
+        best = min(losses[t.number][0] for t in front)
+        front = [t for t in front if losses[t.number][0] == best]
+    return sorted(front, key=lambda t: (t.user_attrs.get("record", {}).get("fd_loss", 0.0), t.number))
+
+
+def trial_record(trial: Any) -> dict[str, Any]:
+    record = trial.user_attrs.get("record")
+    if not isinstance(record, dict):
+        raise ConfigError(f"trial {trial.number} has no search record")
+    return record
+
+
+def find_trial(study: Any, number: int) -> Any:
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == number:
+            return trial
+    raise UnknownNameError(f"study {study.study_name!r} has no trial {number}")
