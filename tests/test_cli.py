@@ -74,3 +74,20 @@ def test_debug_shows_the_traceback(runner):
 def test_unknown_option_is_a_usage_error(runner):
     result = runner.invoke(cli, ["list", "--colour"])
     assert result.exit_code == 2 and "No such option" in result.output
+
+
+def test_atomic_writes_keep_usual_permissions(tmp_path):
+    import os
+
+    from zoo.atomic import atomic_write_text
+    from zoo.checkpoints import atomic_torch_save
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        atomic_torch_save({"x": 1}, tmp_path / "b.pt")
+    finally:
+        os.umask(umask)
+    for name in ("a.json", "b.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

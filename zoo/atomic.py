@@ -14,6 +14,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (mkstemp's files are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def finish_temp(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temp file the usual permissions and rename it into place."""
+    os.chmod(tmp, _default_mode())
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temp file + rename."""
     path = Path(path)
@@ -24,7 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        finish_temp(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from zoo.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
+from zoo.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, finish_temp  # noqa: F401 (re-exported)
 from zoo.errors import WeightsNotFoundError
 
 
@@ -26,7 +26,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
+        finish_temp(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
