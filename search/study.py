@@ -115,12 +115,13 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S
 def _create_rdb(cls: Any, url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any],
                 attempts: int = 5) -> Any:
     """``RDBStorage(...)``, retried when another worker is creating the same schema at that moment
-    (SQLite then answers "table ... already exists" or "database is locked")."""
+    (SQLite then answers "table ... already exists", "database is locked" or a UNIQUE constraint
+    failure on the schema version row)."""
     for attempt in range(attempts):
         try:
             return cls(url, engine_kwargs=engine_kwargs, **heartbeat)
         except Exception as err:  # noqa: BLE001 - sqlalchemy's OperationalError, re-raised unless a race
-            racing = "already exists" in str(err) or "database is locked" in str(err)
+            racing = any(text in str(err) for text in ("already exists", "database is locked", "UNIQUE constraint failed"))
             if not racing or attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
