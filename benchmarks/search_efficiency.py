@@ -18,7 +18,15 @@ samplers and runs in about a minute on a CPU):
   parameters, attention depth, a neck, larger windows), the stand-in
   ``zoo search --dry-run`` uses.
 
+With ``--objective real`` each trial is the real ``zoo search`` objective
+instead: throughput measured with zoo.bench on this machine and FD loss from a
+proxy distillation of ``--proxy-steps`` steps (``recipes/search-proxy.yaml``,
+tiny random teachers) at ``--resolution``. The reference point is then the
+worst value over all trials of all samplers (plus 5%), since a random pool
+would cost as much as the comparison itself.
+
     python benchmarks/search_efficiency.py                     # 40 trials x 3 seeds, 224 px
+    python benchmarks/search_efficiency.py --objective real --resolution 64 --trials 6 --seeds 2 --limit dim=32,48,64
     python benchmarks/search_efficiency.py --trials 60 --seeds 5 --samplers nsga2,tpe,random
 """
 
@@ -39,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search import study as runner
 from search.objective import surrogate_fd_loss
-from search.space import Candidate, SearchSpace
+from search.space import Candidate, SearchSpace, parse_limits
 
 MS_PER_GMAC = 1.0
 MS_PER_BLOCK = 0.05
@@ -70,6 +78,24 @@ class SurrogateObjective:
         return self.evaluate(self.space.sample(trial))
 
 
+class RealObjective:
+    """The real trial objective of ``zoo search``: measured throughput + proxy-distillation FD loss."""
+
+    def __init__(self, space: SearchSpace, out_dir: str, proxy_steps: int) -> None:
+        from search.objective import ObjectiveSettings, SearchObjective
+
+        settings = ObjectiveSettings(recipe="search-proxy", recipe_overrides=(f"train.steps={proxy_steps}",),
+                                     out_dir=out_dir, device="auto", bench_warmup=1, bench_repeats=2,
+                                     bench_steps=3)
+        self.objective = SearchObjective(space, settings, study_name="efficiency")
+        self.objective.prepare()
+        self.evaluated = 0
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
+        self.evaluated += 1
+        return self.objective(trial)
+
+
 def losses(points: list[tuple[float, float]]) -> np.ndarray:
     return np.array([[-math.log10(t), f] for t, f in points])
 
@@ -80,9 +106,10 @@ def hypervolume(points: list[tuple[float, float]], reference: np.ndarray) -> flo
     return float(compute_hypervolume(values, reference)) if len(values) else 0.0
 
 
-def run(sampler_name: str, seed: int, trials: int, objective: SurrogateObjective) -> list[tuple[float, float]]:
+def run(sampler_name: str, seed: int, trials: int, objective) -> list[tuple[float, float]]:
     sampler = runner.make_sampler(sampler_name, "multi", trials, seed=seed)
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler,
+                                study_name=f"{sampler_name}-{seed}")
     study.optimize(objective, n_trials=trials)
     return [tuple(t.values) for t in study.trials if t.values is not None]
 
@@ -93,12 +120,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--samplers", default="nsga2,tpe,random")
+    parser.add_argument("--objective", choices=("surrogate", "real"), default="surrogate")
+    parser.add_argument("--proxy-steps", type=int, default=5, help="distillation steps per trial (real objective)")
+    parser.add_argument("--limit", action="append", default=[], metavar="NAME=V1,V2",
+                        help="restrict a search parameter, as `zoo search --limit` (e.g. dim=32,48,64)")
     args = parser.parse_args()
+    if args.objective == "real":
+        return main_real(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
 
-    space = SearchSpace((args.resolution,))
+    space = SearchSpace((args.resolution,), limits=parse_limits(args.limit) or None)
     objective = SurrogateObjective(space)
     rng = random.Random(12345)
     pool = [objective.evaluate(space.params_to_candidate(space.random_params(rng))) for _ in range(POOL_SIZE)]
@@ -123,6 +156,37 @@ def main() -> None:
         print(f"{name:>7}: hypervolume {mean:.4f} ± {spread:.4f} (per seed: "
               f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
     print(f"{len(objective.cache)} distinct candidates evaluated in {seconds:.0f} s")
+
+
+def main_real(args: argparse.Namespace) -> None:
+    import tempfile
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore")
+    space = SearchSpace((args.resolution,), limits=parse_limits(args.limit) or None)
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    fronts: dict[str, list[list[tuple[float, float]]]] = {}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out_dir:
+        objective = RealObjective(space, out_dir, args.proxy_steps)
+        for name in samplers:
+            fronts[name] = [run(name, seed, args.trials, objective) for seed in range(args.seeds)]
+    seconds = time.perf_counter() - start
+    everything = [point for runs in fronts.values() for points in runs for point in points]
+    reference = losses(everything).max(axis=0)
+    reference = reference + 0.05 * np.abs(reference)
+    print(f"E-RADIO space at {args.resolution} px, REAL objective (zoo.bench throughput on this machine + "
+          f"{args.proxy_steps}-step proxy distillation, random tiny teachers), {args.trials} trials x "
+          f"{args.seeds} seeds, reference point {np.round(reference, 4).tolist()} (worst of all trials + 5%)")
+    results = {name: [hypervolume(points, reference) for points in runs] for name, runs in fronts.items()}
+    base = statistics.mean(results["random"]) if "random" in results else None
+    for name, values in results.items():
+        mean = statistics.mean(values)
+        ratio = f"  ratio vs random {mean / base:.3f}" if base else ""
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{name:>7}: hypervolume {mean:.4f} ± {spread:.4f} (per seed: "
+              f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
+    print(f"{objective.evaluated} trials evaluated in {seconds:.0f} s")
 
 
 if __name__ == "__main__":
