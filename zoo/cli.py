@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("zoo.commands.search_cmd:search_command", "Optuna architecture search over E-RADIO."),
     "eval": ("zoo.commands.eval_cmd:eval_group", "k-NN and zero-shot classification of students and teachers."),
     "viz": ("zoo.commands.viz_cmd:viz_command", "PCA pictures of spatial features."),
+    "cache": ("zoo.commands.cache_cmd:cache_group", "Teacher feature cache: build once, reuse for every student."),
 }
 
 

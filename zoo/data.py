@@ -256,12 +256,23 @@ class CropDataset(Dataset):
 
     def image_index(self, step: int, slot: int) -> int:
         """Epoch-wise sampling without replacement: epoch ``e`` is a permutation seeded by ``(seed, e)``."""
-        position = step * self.batch_size + slot
-        epoch, offset = divmod(position, len(self.paths))
+        epoch, offset = divmod(step * self.batch_size + slot, len(self.paths))
+        return int(self.epoch_order(epoch)[offset])
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The image indices of epoch ``epoch`` in the order they are shown."""
         if self._order is None or self._order[0] != epoch:  # one permutation per epoch (millions of images)
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1_000_003, epoch]))
-            self._order = (epoch, rng.permutation(len(self.paths)))
-        return int(self._order[1][offset])
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1_000_003, int(epoch)]))
+            self._order = (int(epoch), rng.permutation(len(self.paths)))
+        return self._order[1]
+
+    def epoch_slots(self, epoch: int) -> list[tuple[int, int]]:
+        """``(step, slot)`` where each image (by index) appears in epoch ``epoch``: the inverse of the order."""
+        order, n = self.epoch_order(epoch), len(self.paths)
+        slots: list[tuple[int, int]] = [(0, 0)] * n
+        for offset, image in enumerate(order):
+            slots[int(image)] = divmod(int(epoch) * n + offset, self.batch_size)
+        return slots
 
     def crop_box(self, step: int, slot: int, width: int, height: int) -> tuple[int, int, int, int]:
         return random_crop_box(width, height, sample_rng(self.seed, step, slot), self.scale, self.ratio)

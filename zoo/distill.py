@@ -401,6 +401,7 @@ def distill(
     on_eval: Callable[[int, float], None] | None = None,
     offline: bool | None = None,
     on_step: Callable[[int, dict], None] | None = None,
+    teacher_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Distill ``backbone`` from the recipe's teachers; returns the run record (``summary.json``).
 
@@ -416,14 +417,17 @@ def distill(
         on_eval: called ``(step, fd_loss)`` after each held-out evaluation (e.g. Optuna pruning; may raise).
         offline: passed to :func:`zoo.teachers.build_teachers`.
         on_step: called ``(step, metrics)`` after each optimiser step (tests, custom logging).
+        teacher_cache: a :mod:`zoo.cache` folder: training targets are read from it (memory-mapped) instead of
+            running the teachers; the student sees the stored views. A cache that does not fit is refused.
+            Default: the recipe's ``data.teacher_cache`` (so ``--set data.teacher_cache=DIR`` reaches the search proxy).
     """
     ctx = setup_distributed(device)
     return _distill(backbone, recipe, Path(out_dir), run_name, resume, device, progress, teachers, on_eval,
-                    offline, on_step, ctx)
+                    offline, on_step, ctx, teacher_cache)
 
 
 def _distill(backbone, recipe, out_dir, run_name, resume, device_spec, progress, teachers, on_eval, offline,
-             on_step, ctx: DistContext) -> dict[str, Any]:
+             on_step, ctx: DistContext, teacher_cache=None) -> dict[str, Any]:
     from zoo.heads import AdaptorHeads
     from zoo.losses import LossBalancer, loss_term_names
 
@@ -506,6 +510,13 @@ def _distill(backbone, recipe, out_dir, run_name, resume, device_spec, progress,
 
     dataset = CropDataset(images.train, shared_hw, recipe.train.seed, recipe.train.batch_size,
                           recipe.augment.scale, recipe.augment.ratio, recipe.augment.hflip)
+    cache = None
+    teacher_cache = teacher_cache if teacher_cache is not None else recipe.data.teacher_cache
+    if teacher_cache is not None:
+        from zoo.cache import CachedCropDataset, open_for_training
+
+        cache = open_for_training(teacher_cache, recipe, teacher_list, images, shared_hw)
+        dataset = CachedCropDataset(dataset, cache)
     workers = recipe.data.workers if recipe.data.workers is not None else default_workers(device)
     loader = train_loader(dataset, start_step, recipe.train.steps, recipe.train.batch_size, ctx.rank,
                           ctx.world_size, workers, pin_memory=device.type == "cuda")
@@ -536,9 +547,14 @@ def _distill(backbone, recipe, out_dir, run_name, resume, device_spec, progress,
             window_start, window_images = time.perf_counter(), 0
             for batch in loader:
                 _seed_step(recipe.train.seed, step, ctx.rank)
-                batch = batch.to(device, non_blocking=True)
-                with torch.no_grad():
-                    targets = {t.name: t(batch) for t in teacher_list}
+                if cache is not None:  # (crops, cache rows): the stored teacher outputs of exactly these views
+                    batch, rows = batch
+                    targets = cache.targets(rows, device)
+                    batch = batch.to(device, non_blocking=True)
+                else:
+                    batch = batch.to(device, non_blocking=True)
+                    with torch.no_grad():
+                        targets = {t.name: t(batch) for t in teacher_list}
                 x = student_view(batch, student_hw)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -611,6 +627,8 @@ def _distill(backbone, recipe, out_dir, run_name, resume, device_spec, progress,
             params_m = count_params_m(model.backbone)
     record = _record(run_id, run_dir, name, family, config, params_m, gmacs, student_hw, throughput, fd_loss,
                      eval_losses, first_loss, last_loss, step, wall, teacher_list, recipe, device, ctx, status)
+    if cache is not None:
+        record["teacher_cache"] = str(cache.path)
     if ctx.is_main:
         atomic_write_json(run_dir / SUMMARY_FILE, record)
     if status == "interrupted":

@@ -42,6 +42,7 @@ class DataConfig:
     path: str | None = None
     workers: int | None = None  # DataLoader workers; None: 0-2 on CPU, up to 8 on GPU
     verify_limit: int = 20000  # decode every image up front when there are at most this many
+    teacher_cache: str | None = None  # a `zoo cache build` folder: teacher outputs read from it, not computed
 
 
 @dataclass
@@ -51,6 +52,7 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.25, 1.0)  # crop area as a fraction of the image
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range (width / height)
     hflip: bool = False
+    views: int = 4  # augmented views per image stored by `zoo cache build` (training cycles through them)
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Recipe:
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be 0 or more"),
             ("augment.scale", 0 < self.augment.scale[0] <= self.augment.scale[1] <= 1, "must be 0 < min <= max <= 1"),
             ("augment.ratio", 0 < self.augment.ratio[0] <= self.augment.ratio[1], "must be 0 < min <= max"),
+            ("augment.views", self.augment.views >= 1, "must be at least 1"),
             ("eval.images", self.eval.images >= 1, "must be at least 1"),
             ("eval.every", self.eval.every >= 0, "must be 0 or more"),
             ("eval.batch_size", self.eval.batch_size >= 1, "must be at least 1"),

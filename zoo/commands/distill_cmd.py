@@ -51,9 +51,11 @@ def _table(records: Sequence[dict[str, Any]]) -> Table:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--offline", is_flag=True, help="Never contact a model hub for teacher weights.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--teacher-cache", default=None, type=click.Path(file_okay=False), metavar="DIR",
+              help="Read the teachers' outputs from a `zoo cache build` folder instead of running them.")
 def distill_command(backbones: str | None, recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[str, ...],
                     steps: int | None, out_dir: str, run_name: str | None, resume: str | None, device: str,
-                    offline: bool, no_progress: bool) -> None:
+                    offline: bool, no_progress: bool, teacher_cache: str | None) -> None:
     """Distill backbones from CLIP + DINOv2 teachers (AM-RADIO recipe).
 
     Writes runs/<run-id>/{recipe.yaml, metrics.jsonl, checkpoint.pt,
@@ -66,6 +68,7 @@ def distill_command(backbones: str | None, recipe: str, overrides: tuple[str, ..
       zoo distill --backbone resnet-18,vit-t16-cpe --recipe smoke --set train.steps=100
       zoo distill --backbone eradio-b --recipe table7 --set data.path=/data/imagenet21k
       zoo distill --backbone resnet-18 --resume runs/resnet-18-smoke-20250101-120000
+      zoo distill --backbone resnet-18,vit-t16-cpe --recipe smoke --teacher-cache caches/smoke
       torchrun --nproc_per_node 8 -m zoo.cli distill --backbone convnext-b --recipe table7 --set data.path=/data/in21k
     """
     from zoo.distill import DistillInterrupted, distill, find_run_dir
@@ -116,7 +119,8 @@ def distill_command(backbones: str | None, recipe: str, overrides: tuple[str, ..
     for name, parent, run, is_resume in jobs:
         try:
             record = distill(name, loaded, out_dir=parent, run_name=run, resume=is_resume, device=device,
-                             progress=not no_progress, teachers=teachers, offline=offline or None)
+                             progress=not no_progress, teachers=teachers, offline=offline or None,
+                             teacher_cache=teacher_cache)
         except DistillInterrupted as stop:
             records.append(stop.record)
             if main_process:
@@ -126,7 +130,7 @@ def distill_command(backbones: str | None, recipe: str, overrides: tuple[str, ..
             sys.exit(130)
         records.append(record)
         if main_process and record.get("random_teacher"):
-            err_console.print(f"[bold red]random teacher[/] ({record['run_dir']}): {record['note']}")
+            err_console.print(f"[bold red]{record['note']}[/] ({record['run_dir']})")
     if main_process:
         console.print(_table(records))
 
