@@ -225,3 +225,29 @@ def test_cli_build_and_distill(image_dir, tmp_path):
                                   "--set", "augment.hflip=false", "--out", str(tmp_path / "runs"), "--no-progress",
                                   "--set", f"data.teacher_cache={out}"])  # the recipe key (search proxy's route)
     assert result.exit_code == 2 and "augment.hflip" in result.output
+
+
+def test_search_proxy_reads_the_cache(tmp_path):
+    """`zoo search --teacher-cache` trains its proxies on the cached teacher outputs."""
+    from zoo.cli import cli
+
+    runner = CliRunner()
+    cache = tmp_path / "proxy-cache"
+    small = ["--set", "train.steps=2", "--set", "eval.every=2", "--set", "train.checkpoint_every=2"]
+    result = runner.invoke(cli, ["cache", "build", "--recipe", "search-proxy", *small, "--out", str(cache),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["search", "--n-trials", "1", "--out", str(tmp_path / "s"), "--quiet",
+                                 "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study-name", "c",
+                                 "--limit", "dim=32", "--bench-repeats", "1", "--bench-steps", "1",
+                                 *small, "--teacher-cache", str(cache)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/summary.json")]
+    assert len(records) == 1 and records[0]["teacher_cache"] and records[0]["fd_loss"] is not None
+    # A cache built for another resolution is refused with one line.
+    result = runner.invoke(cli, ["search", "--n-trials", "2", "--out", str(tmp_path / "s"), "--quiet",
+                                 "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study-name", "c96",
+                                 "--limit", "dim=32", *small, "--set", "train.resolution=96",
+                                 "--teacher-cache", str(cache)])
+    assert result.exit_code == 2, result.output
+    assert "does not fit" in result.output and "Traceback" not in result.output

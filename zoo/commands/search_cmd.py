@@ -134,6 +134,9 @@ def _trial_line(trial: Any) -> str:
               help="Trials of the whole study (all workers together): complete + pruned + in flight.")
 @click.option("--recipe", default=None, metavar="NAME_OR_PATH", help="Proxy distillation recipe [search-proxy].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
+@click.option("--teacher-cache", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Teacher outputs from a `zoo cache build --recipe search-proxy` cache "
+                   "(same as --set data.teacher_cache=DIR).")
 @click.option("--teachers", default=None, metavar="SPEC,SPEC",
               help="Teachers of the proxy runs (default: the recipe's).")
 @click.option("--out", default="runs/search", show_default=True, help="Folder of the proxy runs.")
@@ -169,7 +172,7 @@ def _trial_line(trial: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="--best / --show-space as JSON.")
 @click.option("--quiet", is_flag=True, help="No per-trial lines.")
 def search_command(storage: str | None, study_name: str | None, n_trials: int, recipe: str | None,
-                   overrides: tuple[str, ...], teachers: str | None, out: str, device: str, objective: str,
+                   overrides: tuple[str, ...], teacher_cache: str | None, teachers: str | None, out: str, device: str, objective: str,
                    sampler: str | None, population_size: int | None, seed: int | None, max_params: float | None,
                    min_throughput: float | None, resolution: int | None, search_resolution: str | None,
                    limits: tuple[str, ...], enqueue_variants: str | None, bench_batch: int | None,
@@ -185,10 +188,13 @@ def search_command(storage: str | None, study_name: str | None, n_trials: int, r
     Examples:
       zoo search --show-space
       zoo search --n-trials 40 --recipe search-proxy --out runs/search
+      zoo cache build --recipe search-proxy --out runs/proxy-cache && zoo search --teacher-cache runs/proxy-cache
       zoo search --storage journal:///shared/search.log --study-name s1 --n-trials 200
       zoo search --best
       zoo search --export my-eradio --trial 12
     """
+    if teacher_cache:
+        overrides = (*overrides, f"data.teacher_cache={teacher_cache}")
     from search import study as runner
 
     storage_url = storage or runner.DEFAULT_STORAGE
@@ -238,7 +244,8 @@ def _run(space: Any, storage_url: str, study_name: str, n_trials: int, recipe: s
     if dry_run and (recipe or overrides or teachers):
         raise ConfigError("--dry-run runs no distillation: --recipe, --set and --teachers do not apply")
     settings = ObjectiveSettings(
-        recipe=recipe or DEFAULT_RECIPE, recipe_overrides=tuple(overrides),
+        recipe=recipe or DEFAULT_RECIPE,
+        recipe_overrides=tuple(overrides),
         teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
         out_dir=out, device=device, objective=objective, max_params_m=max_params, min_throughput=min_throughput,
         bench_batch_size=bench_batch, bench_repeats=bench_repeats, bench_steps=bench_steps, dry_run=dry_run,
