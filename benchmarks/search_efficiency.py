@@ -106,6 +106,17 @@ def hypervolume(points: list[tuple[float, float]], reference: np.ndarray) -> flo
     return float(compute_hypervolume(values, reference)) if len(values) else 0.0
 
 
+def print_hypervolumes(results: dict[str, list[float]]) -> None:
+    """Mean ± spread of each sampler's hypervolume over seeds, and its ratio to random sampling."""
+    base = statistics.mean(results["random"]) if "random" in results else None
+    for name, values in results.items():
+        mean = statistics.mean(values)
+        ratio = f"  ratio vs random {mean / base:.3f}" if base else ""
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"{name:>7}: hypervolume {mean:.4f} ± {spread:.4f} (per seed: "
+              f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
+
+
 def run(sampler_name: str, seed: int, trials: int, objective) -> list[tuple[float, float]]:
     sampler = runner.make_sampler(sampler_name, "multi", trials, seed=seed)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler,
@@ -148,13 +159,7 @@ def main() -> None:
     print(f"E-RADIO space at {args.resolution} px ({space.size():,} candidates), surrogate objective, "
           f"{args.trials} trials x {args.seeds} seeds, reference point {np.round(reference, 4).tolist()}")
     print(f"random pool of {POOL_SIZE}: hypervolume {hypervolume(pool, reference):.4f}")
-    base = statistics.mean(results["random"]) if "random" in results else None
-    for name, values in results.items():
-        mean = statistics.mean(values)
-        ratio = f"  ratio vs random {mean / base:.3f}" if base else ""
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{name:>7}: hypervolume {mean:.4f} ± {spread:.4f} (per seed: "
-              f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
+    print_hypervolumes(results)
     print(f"{len(objective.cache)} distinct candidates evaluated in {seconds:.0f} s")
 
 
@@ -179,13 +184,7 @@ def main_real(args: argparse.Namespace) -> None:
           f"{args.proxy_steps}-step proxy distillation, random tiny teachers), {args.trials} trials x "
           f"{args.seeds} seeds, reference point {np.round(reference, 4).tolist()} (worst of all trials + 5%)")
     results = {name: [hypervolume(points, reference) for points in runs] for name, runs in fronts.items()}
-    base = statistics.mean(results["random"]) if "random" in results else None
-    for name, values in results.items():
-        mean = statistics.mean(values)
-        ratio = f"  ratio vs random {mean / base:.3f}" if base else ""
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{name:>7}: hypervolume {mean:.4f} ± {spread:.4f} (per seed: "
-              f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
+    print_hypervolumes(results)
     print(f"{objective.evaluated} trials evaluated in {seconds:.0f} s")
 
 
