@@ -295,3 +295,24 @@ def test_cli_interrupt_saves_and_says_how_to_resume(image_dir, tmp_path, monkeyp
     assert result.exit_code == 130, result.output
     assert "interrupted at step 2/5" in result.output and f"--resume {tmp_path / 'stop'}" in result.output
     assert load_checkpoint(tmp_path / "stop" / "checkpoint.pt")["step"] == 2
+
+
+def test_run_ids_stay_unique_within_one_second(tmp_path, monkeypatch):
+    from zoo import distill as engine
+    from zoo.recipe import load_recipe
+
+    recipe = load_recipe("smoke")
+
+    class FrozenClock:
+        @staticmethod
+        def now(tz=None):
+            import datetime as dt
+
+            return dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+    monkeypatch.setattr(engine, "datetime", FrozenClock)
+    first = engine.new_run_id("resnet-18", recipe, tmp_path)
+    assert first == "resnet-18-smoke-20260102-030405"
+    (tmp_path / first).mkdir()
+    assert engine.new_run_id("resnet-18", recipe, tmp_path) == first + "-2"
+    assert engine.new_run_id("picked/best.yaml", recipe, tmp_path) == "best-smoke-20260102-030405"

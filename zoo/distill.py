@@ -300,9 +300,17 @@ def _fd_teacher(targets: dict) -> str | None:
 # --------------------------------------------------------------------------- run folder
 
 
-def new_run_id(backbone_name: str, recipe: Recipe) -> str:
+def new_run_id(backbone_name: str, recipe: Recipe, out_dir: str | os.PathLike = "runs") -> str:
+    """``<backbone>-<recipe>-<UTC time>``, with ``-2``, ``-3``... when runs start within the same second."""
+    if backbone_name.lower().endswith((".yaml", ".yml")):  # a backbone file from `zoo search --export`
+        backbone_name = Path(backbone_name).stem
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{backbone_name}-{recipe.name}-{stamp}".replace("/", "_")
+    base = f"{backbone_name}-{recipe.name}-{stamp}".replace("/", "_")
+    run_id, number = base, 1
+    while (Path(out_dir) / run_id).exists():
+        number += 1
+        run_id = f"{base}-{number}"
+    return run_id
 
 
 def find_run_dir(run: str | os.PathLike, out_dir: str | os.PathLike = "runs") -> Path:
@@ -449,7 +457,7 @@ def _distill(backbone, recipe, out_dir, run_name, resume, device_spec, progress,
         student_hw = recipe.resolution
     else:
         name_for_id = backbone if isinstance(backbone, str) else getattr(backbone, "name", "backbone")
-        run_id = _broadcast(run_name or new_run_id(str(name_for_id), recipe), ctx)
+        run_id = _broadcast(run_name or new_run_id(str(name_for_id), recipe, out_dir), ctx)
         run_dir = out_dir / run_id
         if (run_dir / CHECKPOINT_FILE).exists() or (run_dir / SUMMARY_FILE).exists():
             raise ZooError(f"run folder {run_dir} already holds a run; resume it with --resume {run_dir} "
