@@ -15,3 +15,14 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def write_smooth_images(folder, count: int, seed: int) -> None:
+    """``count`` smooth random 80x60 PNGs: structure the teachers' features can respond to."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((80, 60), Image.Resampling.BICUBIC).save(folder / f"{i}.png")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from zoo.cache import (MANIFEST_FILE, CacheError, CacheMismatchError, CachedCropDataset, TeacherCache, build_cache,
                        cache_fingerprint, view_crop, verify_cache)
@@ -17,6 +16,7 @@ from zoo.data import CropDataset, load_images, shared_resolution
 from zoo.distill import distill
 from zoo.teachers import build_teachers
 
+from tests.conftest import write_smooth_images
 from tests.test_distill import TinyBackbone, tiny_recipe
 
 VIEWS = 2
@@ -25,10 +25,7 @@ VIEWS = 2
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cache-images")
-    rng = np.random.default_rng(1)
-    for i in range(6):
-        small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((80, 60), Image.Resampling.BICUBIC).save(folder / f"{i}.png")
+    write_smooth_images(folder, count=6, seed=1)
     return folder
 
 

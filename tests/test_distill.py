@@ -10,11 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 from torch import nn
 
 from zoo.backbone import Backbone, BackboneOutput, SizeRule
@@ -49,12 +47,10 @@ class TinyBackbone(Backbone):
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory) -> Path:
+    from tests.conftest import write_smooth_images
+
     folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        # Smooth random images: structure the teachers' features can respond to.
-        small = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((80, 60), Image.Resampling.BICUBIC).save(folder / f"{i}.png")
+    write_smooth_images(folder, count=8, seed=0)
     return folder
 
 

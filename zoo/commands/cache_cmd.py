@@ -7,6 +7,7 @@ import sys
 import click
 from rich.table import Table
 
+from zoo.commands.options import recipe_options
 from zoo.errors import ConfigError
 
 
@@ -23,12 +24,7 @@ def cache_group() -> None:
 
 
 @cache_group.command("build")
-@click.option("--recipe", default="smoke", show_default=True, metavar="NAME|PATH",
-              help="A shipped recipe (smoke, table7, search-proxy) or a YAML file.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value (YAML-parsed), e.g. --set train.resolution=128. Repeatable.")
-@click.option("--teacher", "teacher_specs", multiple=True, metavar="SPEC",
-              help="Replace the recipe's teachers (repeatable), as in zoo distill.")
+@recipe_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="The cache folder.")
 @click.option("--views", type=int, default=None, help="Augmented views per image (default: recipe augment.views).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,

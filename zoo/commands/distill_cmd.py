@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import click
 from rich.table import Table
 
+from zoo.commands.options import recipe_options
 from zoo.errors import ConfigError
 
 
@@ -36,12 +37,7 @@ def _table(records: Sequence[dict[str, Any]]) -> Table:
 @click.command("distill")
 @click.option("--backbone", "backbones", default=None, metavar="NAME[,NAME...]",
               help="Backbone(s) from `zoo list`; several run one after another (teachers built once).")
-@click.option("--recipe", default="smoke", show_default=True, metavar="NAME|PATH",
-              help="A shipped recipe (smoke, table7, search-proxy) or a YAML file.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value (YAML-parsed), e.g. --set optim.lr=5e-4. Repeatable.")
-@click.option("--teacher", "teacher_specs", multiple=True, metavar="SPEC",
-              help="Replace the recipe's teachers (repeatable), e.g. --teacher dinov2:vit_small_patch14_dinov2.")
+@recipe_options
 @click.option("--steps", type=int, default=None, help="Shortcut for --set train.steps=N.")
 @click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Parent folder of the run folders.")
