@@ -1,7 +1,7 @@
 """Does the sampler matter? Hypervolume of NSGA-II and TPE against random sampling at the same budget.
 
 Each sampler runs ``--trials`` trials of the real E-RADIO search space
-(:class:`search.space.SearchSpace`) on a *cheap surrogate objective*, for
+(:class:`zoo.search.space.SearchSpace`) on a *cheap surrogate objective*, for
 several seeds; the score is the hypervolume of the trials' front
 (``optuna._hypervolume.compute_hypervolume``) in the plane
 (``-log10 throughput``, ``FD loss``), both minimised, against one reference
@@ -14,7 +14,7 @@ samplers and runs in about a minute on a CPU):
   and throughput is ``1000 / latency_ms`` with
   ``latency_ms = GMACs x 1 ms + 0.05 ms per block`` (a notional accelerator
   at 1 TMAC/s with a per-layer launch cost, so depth costs speed too);
-* FD loss is :func:`search.objective.surrogate_fd_loss` (falls with
+* FD loss is :func:`zoo.search.objective.surrogate_fd_loss` (falls with
   parameters, attention depth, a neck, larger windows), the stand-in
   ``zoo search --dry-run`` uses.
 
@@ -45,9 +45,9 @@ import torch
 from optuna._hypervolume import compute_hypervolume
 from torch.utils.flop_counter import FlopCounterMode
 
-from search import study as runner
-from search.objective import surrogate_fd_loss
-from search.space import Candidate, SearchSpace, parse_limits
+from zoo.search import study as runner
+from zoo.search.objective import surrogate_fd_loss
+from zoo.search.space import Candidate, SearchSpace, parse_limits
 
 MS_PER_GMAC = 1.0
 MS_PER_BLOCK = 0.05
@@ -82,7 +82,7 @@ class RealObjective:
     """The real trial objective of ``zoo search``: measured throughput + proxy-distillation FD loss."""
 
     def __init__(self, space: SearchSpace, out_dir: str, proxy_steps: int) -> None:
-        from search.objective import ObjectiveSettings, SearchObjective
+        from zoo.search.objective import ObjectiveSettings, SearchObjective
 
         settings = ObjectiveSettings(recipe="search-proxy", recipe_overrides=(f"train.steps={proxy_steps}",),
                                      out_dir=out_dir, device="auto", bench_warmup=1, bench_repeats=2,

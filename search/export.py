@@ -67,7 +67,7 @@ def read_backbone_file(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
     from eradio import ERadioConfig
-    from search.space import check_resolution
+    from zoo.search.space import check_resolution
 
     path = Path(path)
     if not path.is_file():

@@ -1,9 +1,9 @@
 """Score one E-RADIO candidate: measured throughput and proxy-distillation FD loss.
 
-A trial (1) samples a :class:`~search.space.Candidate`, (2) refuses to
+A trial (1) samples a :class:`~zoo.search.space.Candidate`, (2) refuses to
 evaluate a configuration some earlier trial already evaluated or is evaluating
 (it is marked PRUNED with ``user_attrs["skipped"]``, see
-:mod:`search.study`), (3) measures throughput, parameters and GMACs with
+:mod:`zoo.search.study`), (3) measures throughput, parameters and GMACs with
 :mod:`zoo.bench` on the worker's device, (4) runs a short proxy distillation
 (:func:`zoo.distill.distill` with the ``search-proxy`` recipe) and takes its
 FD loss, and (5) stores everything as ``trial.user_attrs["record"]`` (the
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from search.space import Candidate, SearchSpace
+from zoo.search.space import Candidate, SearchSpace
 from zoo.checkpoints import atomic_write_json
 from zoo.errors import ConfigError
 
@@ -148,7 +148,7 @@ def _safe_name(text: str) -> str:
 class SearchObjective:
     """The callable given to ``study.optimize``: one trial = one candidate scored.
 
-    ``duplicate_check(trial, candidate)`` (from :mod:`search.study`) returns a
+    ``duplicate_check(trial, candidate)`` (from :mod:`zoo.search.study`) returns a
     reason to skip the trial, or None.
     """
 

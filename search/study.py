@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective
-from search.space import Candidate, SearchSpace
+from zoo.search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective
+from zoo.search.space import Candidate, SearchSpace
 from zoo.errors import ConfigError, UnknownNameError, ZooError, unknown_name
 
 DEFAULT_STORAGE = "sqlite:///runs/search.db"

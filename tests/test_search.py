@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from eradio.config import ERADIO_VARIANTS
-from search import study as runner
-from search.export import file_entry, load_backbone_file, read_backbone_file
-from search.objective import ObjectiveSettings, SearchObjective, surrogate_fd_loss
-from search.space import (HEADS3_CHOICES, HEADS4_CHOICES, SearchSpace, parse_limits, window_choices)
+from zoo.search import study as runner
+from zoo.search.export import file_entry, load_backbone_file, read_backbone_file
+from zoo.search.objective import ObjectiveSettings, SearchObjective, surrogate_fd_loss
+from zoo.search.space import (HEADS3_CHOICES, HEADS4_CHOICES, SearchSpace, parse_limits, window_choices)
 from zoo.cli import cli
 from zoo.errors import ConfigError, ResolutionError, UnknownNameError
 
@@ -245,7 +245,7 @@ def test_budget_counts_in_flight_trials_and_skips_surplus():
 
 
 def test_constraint_values():
-    from search.objective import constraint_values
+    from zoo.search.objective import constraint_values
 
     settings = ObjectiveSettings(max_params_m=5.0, min_throughput=100.0)
     assert constraint_values(settings, params_m=6.0, throughput=150.0) == {"max_params_m": 1.0,
@@ -284,9 +284,9 @@ def test_two_workers_share_one_sqlite_budget(tmp_path):
 SLOW_WORKER = textwrap.dedent('''
     import sys, time
     sys.path.insert(0, {repo!r})
-    from search import study as runner
-    from search.objective import ObjectiveSettings, SearchObjective
-    from search.space import SearchSpace, parse_limits
+    from zoo.search import study as runner
+    from zoo.search.objective import ObjectiveSettings, SearchObjective
+    from zoo.search.space import SearchSpace, parse_limits
 
     class Slow(SearchObjective):
         def measure(self, candidate, name):

@@ -7,11 +7,15 @@ file and an existing file is either the old or the new version.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from zoo.errors import DiskFullError
 
 
 def _default_mode() -> int:
@@ -27,21 +31,74 @@ def finish_temp(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file + rename."""
+def temp_path_for(path: Path) -> str:
+    """A new temp file beside ``path`` named ``.<name>.<random>.tmp`` (what :func:`remove_stale_temps` cleans)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temp files a write of ``path`` killed mid-way left beside it (``.<name>.*.tmp``); returns them."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+            removed.append(stale)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def disk_full_error(path: str | os.PathLike, needed: int | None) -> DiskFullError:
+    """The one-line error for ENOSPC while writing ``path``: the path, the bytes needed and free."""
+    path = Path(path)
+    try:
+        free = shutil.disk_usage(path.parent if path.parent.exists() else Path.cwd()).free
+    except OSError:
+        free = None
+    need = f"{needed:,} bytes needed" if needed is not None else "bytes needed unknown"
+    have = f", {free:,} free" if free is not None else ""
+    return DiskFullError(f"disk full while writing {path} ({need}{have}); the previous version of the file, "
+                         "if any, is intact. Free some space and run the command again")
+
+
+def write_via_temp(path: str | os.PathLike, write: Callable[[str], None], size_hint: int | None = None) -> Path:
+    """Run ``write(tmp_path)`` then rename the temp file onto ``path``; on any failure the temp file is removed.
+
+    A full disk (ENOSPC, EDQUOT) becomes a :class:`~zoo.errors.DiskFullError` naming ``path`` and the bytes
+    needed (``size_hint``, or what was written when it failed).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_path_for(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
         finish_temp(tmp, path)
+    except OSError as err:
+        written = Path(tmp).stat().st_size if Path(tmp).exists() else None
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(path, size_hint if size_hint is not None else written) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file + rename."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return write_via_temp(path, write, size_hint=len(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

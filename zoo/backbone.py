@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-from zoo.errors import ResolutionError
+from zoo.sizes import SizeRule, as_hw, as_hw_list, nearest_multiples  # noqa: F401 (re-exported)
 
 
 class BackboneOutput(NamedTuple):
@@ -21,70 +21,6 @@ class BackboneOutput(NamedTuple):
 
     summary: torch.Tensor  # [B, D]
     features: torch.Tensor  # [B, C, h, w]
-
-
-def as_hw(resolution: int | Sequence[int]) -> tuple[int, int]:
-    """``224`` -> ``(224, 224)``; ``(320, 480)`` stays; ``"320x480"`` is parsed."""
-    if isinstance(resolution, str):
-        parts = resolution.lower().replace("×", "x").split("x")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise ResolutionError(f"resolution '{resolution}' is not N or HxW (e.g. 224 or 320x480)") from None
-        resolution = values[0] if len(values) == 1 else values
-    if isinstance(resolution, int):
-        return (resolution, resolution)
-    h, w = (int(v) for v in resolution)
-    return (h, w)
-
-
-def nearest_multiples(size: int, multiple: int, minimum: int | None = None) -> list[int]:
-    """The multiples of ``multiple`` just below and above ``size`` (for error hints)."""
-    minimum = minimum or multiple
-    below = max(minimum, (size // multiple) * multiple)
-    above = max(minimum, -(-size // multiple) * multiple)
-    return sorted({below, above})
-
-
-class SizeRule(NamedTuple):
-    """Which input sizes an architecture accepts.
-
-    ``multiple``: each side must be a multiple of it; ``minimum``/``maximum``
-    bound each side; ``square``: height must equal width.
-    """
-
-    multiple: int = 1
-    minimum: int = 32
-    maximum: int | None = None
-    square: bool = False
-
-    def describe(self) -> str:
-        parts = []
-        if self.multiple > 1:
-            parts.append(f"multiples of {self.multiple}")
-        parts.append(f"at least {self.minimum}")
-        if self.maximum:
-            parts.append(f"at most {self.maximum}")
-        text = "sides " + ", ".join(parts)
-        return text + (", square only" if self.square else "")
-
-    def check(self, height: int, width: int, model_name: str = "this backbone") -> None:
-        """Raise a :class:`ResolutionError` naming valid sizes if ``height×width`` is refused."""
-        problems = []
-        for side_name, side in (("height", height), ("width", width)):
-            if side < self.minimum:
-                problems.append(f"{side_name} {side} < {self.minimum}")
-            elif self.maximum and side > self.maximum:
-                problems.append(f"{side_name} {side} > {self.maximum}")
-            elif side % self.multiple:
-                near = " or ".join(str(v) for v in nearest_multiples(side, self.multiple, self.minimum))
-                problems.append(f"{side_name} {side} is not a multiple of {self.multiple} (try {near})")
-        if self.square and height != width:
-            problems.append(f"{height}x{width} is not square (try {max(height, width)}x{max(height, width)})")
-        if problems:
-            raise ResolutionError(
-                f"{model_name} cannot take {height}x{width}: {'; '.join(problems)} ({self.describe()})"
-            )
 
 
 class Backbone(nn.Module):

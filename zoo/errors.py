@@ -34,6 +34,14 @@ class WeightsNotFoundError(ZooError, FileNotFoundError):
     """Pretrained weights are not available locally."""
 
 
+class BadFileError(ZooError, ValueError):
+    """A file that exists but cannot be used: truncated, corrupt, of the wrong kind, or refused as unsafe."""
+
+
+class DiskFullError(ZooError, OSError):
+    """The disk filled up during a write; the message names the path and the bytes needed."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The candidates closest to ``name``, best first (for 'did you mean')."""
     candidates = list(candidates)

@@ -364,7 +364,7 @@ def load_study_records(storage: str, study_name: str | None = None, skip_invalid
     """
     import optuna  # imported here: optuna is slow to import and only this loader needs it
 
-    from search.study import open_storage, require_existing  # one way to open every storage URL
+    from zoo.search.study import open_storage, require_existing  # one way to open every storage URL
 
     warn = warn or (lambda message: None)
     require_existing(storage)  # opening a missing SQLite file or journal would create an empty one

@@ -2,7 +2,7 @@
 
 Every default lives in the dataclasses below (one place); a YAML file only
 says what differs. ``load_recipe("smoke")`` reads a recipe shipped in the
-:mod:`recipes` package; ``load_recipe("my.yaml", ["optim.lr=5e-4"])`` reads a
+:mod:`zoo.recipes` package; ``load_recipe("my.yaml", ["optim.lr=5e-4"])`` reads a
 file and applies ``--set`` overrides (values parsed as YAML). An unknown key
 or a wrongly typed value raises :class:`~zoo.errors.ConfigError` naming its
 dotted path and the valid keys at that level.
@@ -23,7 +23,7 @@ import yaml
 from zoo.backbone import as_hw
 from zoo.errors import ConfigError, ResolutionError, unknown_name
 
-RECIPE_PACKAGE = "recipes"
+RECIPE_PACKAGE = "zoo.recipes"
 DATA_SOURCES = ("auto", "bundled", "folder", "list")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -292,19 +292,19 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def _recipe_files() -> Any:
-    """The :mod:`recipes` package folder (or, in a source checkout not yet reinstalled, the folder beside ``zoo``)."""
+    """The :mod:`zoo.recipes` package folder (or, in a source checkout not yet reinstalled, the folder beside ``zoo``)."""
     try:
         return importlib.resources.files(RECIPE_PACKAGE)
     except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / RECIPE_PACKAGE
+        folder = Path(__file__).resolve().parent.parent / "recipes"
         if folder.is_dir():
             return folder
-        raise ConfigError("the shipped recipes are missing (package 'recipes' not installed); "
+        raise ConfigError("the shipped recipes are missing (package 'zoo.recipes' not installed); "
                           "give a recipe file path instead") from None
 
 
 def shipped_recipes() -> list[str]:
-    """Names of the recipes shipped in the :mod:`recipes` package."""
+    """Names of the recipes shipped in the :mod:`zoo.recipes` package."""
     files = _recipe_files()
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 

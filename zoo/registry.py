@@ -146,7 +146,7 @@ def get_entry(name: str) -> BackboneEntry:
     ``name`` may also be a backbone file (``.yaml``) written by ``zoo search --export``.
     """
     if str(name).lower().endswith((".yaml", ".yml")):
-        from search.export import file_entry
+        from zoo.search.export import file_entry
 
         return file_entry(name)
     _load_plugins()

@@ -16,7 +16,7 @@ SAMPLER_CHOICES = ("nsga2", "tpe", "random")
 
 def _space(resolution: int | None, search_resolution: str | None, limits: Sequence[str],
            default_resolution: int | None = None) -> Any:
-    from search.space import DEFAULT_RESOLUTION, SearchSpace, parse_limits, parse_resolutions
+    from zoo.search.space import DEFAULT_RESOLUTION, SearchSpace, parse_limits, parse_resolutions
 
     if resolution is not None and search_resolution:
         raise ConfigError("give either --resolution R or --search-resolution R1,R2,..., not both")
@@ -26,7 +26,7 @@ def _space(resolution: int | None, search_resolution: str | None, limits: Sequen
 
 def _recipe_resolution(recipe: str | None, overrides: Sequence[str]) -> int:
     """The proxy recipe's student resolution: the default search resolution (square only)."""
-    from search.objective import DEFAULT_RECIPE
+    from zoo.search.objective import DEFAULT_RECIPE
     from zoo.recipe import load_recipe
 
     height, width = load_recipe(recipe or DEFAULT_RECIPE, overrides=list(overrides)).resolution
@@ -60,7 +60,7 @@ def _config_cells(record: dict[str, Any]) -> list[str]:
 
 
 def _best_table(study: Any, trials: Sequence[Any]) -> Table:
-    from search.study import trial_record
+    from zoo.search.study import trial_record
 
     title = f"Pareto-optimal configurations of study {study.study_name!r} ({len(trials)})"
     table = Table(title=title, title_justify="left")
@@ -80,7 +80,7 @@ def _best_table(study: Any, trials: Sequence[Any]) -> Table:
 
 
 def _show_best(storage: Any, study_name: str, as_json: bool) -> None:
-    from search.study import open_study, pareto_trials, trial_record
+    from zoo.search.study import open_study, pareto_trials, trial_record
 
     study = open_study(storage, study_name, create=False)
     front = pareto_trials(study)
@@ -94,8 +94,8 @@ def _show_best(storage: Any, study_name: str, as_json: bool) -> None:
 
 
 def _export(storage: Any, storage_url: str, study_name: str, target: str, trial_number: int | None) -> None:
-    from search.export import backbone_document, export_path, write_backbone_file
-    from search.study import find_trial, open_study, pareto_trials, trial_record
+    from zoo.search.export import backbone_document, export_path, write_backbone_file
+    from zoo.search.study import find_trial, open_study, pareto_trials, trial_record
 
     study = open_study(storage, study_name, create=False)
     if trial_number is None:
@@ -195,7 +195,7 @@ def search_command(storage: str | None, study_name: str | None, n_trials: int, r
     """
     if teacher_cache:
         overrides = (*overrides, f"data.teacher_cache={teacher_cache}")
-    from search import study as runner
+    from zoo.search import study as runner
 
     storage_url = storage or runner.DEFAULT_STORAGE
     study_name = study_name or runner.DEFAULT_STUDY
@@ -234,8 +234,8 @@ def _run(space: Any, storage_url: str, study_name: str, n_trials: int, recipe: s
          grace_period: int | None, quiet: bool) -> None:
     import optuna
 
-    from search import study as runner
-    from search.objective import DEFAULT_RECIPE, ObjectiveSettings, SearchObjective
+    from zoo.search import study as runner
+    from zoo.search.objective import DEFAULT_RECIPE, ObjectiveSettings, SearchObjective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of our own instead
 
