@@ -22,17 +22,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("zoo.commands.bench_cmd:bench_command", "Measure throughput, params and FLOPs of backbones."),
     "distill": ("zoo.commands.distill_cmd:distill_command", "Distill backbones from CLIP + DINOv2 teachers."),
     "pareto": ("zoo.commands.pareto_cmd:pareto_command", "The speed/quality Pareto front of runs and benches."),
-    "search": ("zoo.commands.search_cmd:search_command", "Optuna architecture search over E-RADIO."),
-    "eval": ("zoo.commands.eval_cmd:eval_group", "k-NN and zero-shot classification of students and teachers."),
+    "search": ("zoo.commands.search_cmd:search_command", "Optuna architecture search: run, space, best, export."),
+    "eval": ("zoo.commands.eval_cmd:eval_group", "Quality of students and teachers: k-NN, zero-shot, segmentation probe."),
     "viz": ("zoo.commands.viz_cmd:viz_command", "PCA pictures of spatial features."),
     "cache": ("zoo.commands.cache_cmd:cache_group", "Teacher feature cache: build once, reuse for every student."),
 }
 
 
 class UserError(click.ClickException):
-    """A :class:`ZooError` shown as ``Error: <one line>`` with exit status 2."""
+    """A :class:`ZooError` shown as ``Error: <one line>`` with the error's exit status (2; 3 for a diverged run)."""
 
     exit_code = 2
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
     def format_message(self) -> str:
         return " ".join(str(self.message).split())  # always one line
@@ -68,7 +72,7 @@ class ZooGroup(click.Group):
         except ZooError as err:
             if (ctx.obj or {}).get("debug"):
                 raise
-            raise UserError(str(err)) from err
+            raise UserError(str(err), getattr(err, "exit_code", 2)) from err
 
 
 @click.group(cls=ZooGroup, context_settings=dict(help_option_names=["-h", "--help"], max_content_width=100))

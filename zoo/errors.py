@@ -12,7 +12,9 @@ from typing import Iterable
 
 
 class ZooError(Exception):
-    """A problem the user can fix; shown as one line, exit status 2."""
+    """A problem the user can fix; shown as one line, exit status :attr:`exit_code` (2)."""
+
+    exit_code = 2
 
 
 class UnknownNameError(ZooError, KeyError):
@@ -36,6 +38,20 @@ class WeightsNotFoundError(ZooError, FileNotFoundError):
 
 class BadFileError(ZooError, ValueError):
     """A file that exists but cannot be used: truncated, corrupt, of the wrong kind, or refused as unsafe."""
+
+
+class DivergedError(ZooError):
+    """A training run whose loss or gradient norm became non-finite; exit status 3.
+
+    ``record`` is the run record written with ``status: "diverged"``; the message names the last good
+    checkpoint and how to resume from it with a lower learning rate.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, record: dict | None = None) -> None:
+        super().__init__(message)
+        self.record = record or {}
 
 
 class DiskFullError(ZooError, OSError):
