@@ -722,3 +722,25 @@ def build_teachers(
     if not parsed:
         raise ConfigError(f"no teachers given; use e.g. {_examples('clip')}")
     return [build_teacher(p, device, offline, name) for p, name in zip(parsed, teacher_names(parsed))]
+
+
+def prepare_teachers(
+    teachers: Sequence[str | TeacherSpec | Teacher] | None,
+    specs: Sequence[str | TeacherSpec],
+    device: str | torch.device = "cpu",
+    offline: bool | None = None,
+) -> list[Teacher]:
+    """The teachers a run uses: ``teachers`` when given, else built from ``specs`` (the recipe's).
+
+    ``teachers`` may be all spec strings (built here) or all built :class:`Teacher`
+    objects (moved to ``device``, so several runs can share one set); a mix is a
+    :class:`~zoo.errors.ConfigError`.
+    """
+    if teachers is None:
+        return build_teachers(list(specs), device, offline)
+    teachers = list(teachers)
+    if all(isinstance(t, (str, TeacherSpec)) for t in teachers):
+        return build_teachers(teachers, device, offline)
+    if not all(isinstance(t, Teacher) for t in teachers):
+        raise ConfigError("teachers must be all spec strings or all built Teacher objects")
+    return [t.to(device) for t in teachers]
