@@ -83,6 +83,22 @@ def test_bad_values_name_their_path(override, path):
         load_recipe("smoke", [override])
 
 
+def test_loss_and_eval_keys_for_fd_and_standardisation():
+    recipe = load_recipe("smoke")
+    assert (recipe.loss.fd_teacher, recipe.loss.standardize, recipe.loss.standardize_batches) == ("dinov2", "none", 8)
+    assert recipe.eval.fd_loss_train_steps == 20
+    recipe = load_recipe("smoke", ["loss.standardize=phi-s", "loss.fd_teacher=clip", "eval.fd_loss_train_steps=5"])
+    assert (recipe.loss.standardize, recipe.loss.fd_teacher, recipe.eval.fd_loss_train_steps) == ("phi-s", "clip", 5)
+    for override, message in [("loss.standardize=whiten", r"'loss\.standardize' must be one of none, phi-s"),
+                              ("loss.fd_teacher=3", r"'loss\.fd_teacher' expects str"),
+                              ("loss.fd_teacher=' '", r"'loss\.fd_teacher' must name a teacher"),
+                              ("loss.standardize_batches=0", r"'loss\.standardize_batches' must be at least 1"),
+                              ("eval.fd_loss_train_steps=0", r"'eval\.fd_loss_train_steps' must be at least 1")]:
+        with pytest.raises(ConfigError, match=message) as err:
+            load_recipe("smoke", [override])
+        assert "\n" not in str(err.value)
+
+
 def test_unknown_recipe_name_and_missing_file():
     with pytest.raises(UnknownNameError, match="smoke"):
         load_recipe("smok")

@@ -26,6 +26,7 @@ from zoo.errors import ConfigError, ResolutionError, unknown_name
 RECIPE_PACKAGE = "zoo.recipes"
 DATA_SOURCES = ("auto", "bundled", "folder", "list")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+STANDARDIZE_METHODS = ("none", "phi-s")
 
 
 @dataclass
@@ -68,13 +69,22 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Paper eq. 3: feature loss ``alpha·cos + beta·smooth-L1``; λ/γ per teacher name (default 1)."""
+    """Paper eq. 3: feature loss ``alpha·cos + beta·smooth-L1``; λ/γ per teacher name (default 1).
+
+    ``fd_teacher``: the teacher (by name, e.g. ``dinov2``) whose feature loss is
+    recorded as the FD loss. ``standardize``: ``none``, or ``phi-s`` (PHI-S,
+    arXiv 2410.01680: targets standardised per teacher with statistics estimated
+    over ``standardize_batches`` batches before training; see :mod:`zoo.standardize`).
+    """
 
     alpha: float = 0.9
     beta: float = 0.1
     summary_weights: dict[str, float] = field(default_factory=dict)
     feature_weights: dict[str, float] = field(default_factory=dict)
     balancing: str = "naive"  # naive | uncertainty | adaloss
+    fd_teacher: str = "dinov2"  # teacher name whose feature term is the FD loss
+    standardize: str = "none"  # none | phi-s
+    standardize_batches: int = 8  # batches in the PHI-S statistics pass
 
 
 @dataclass
@@ -98,6 +108,7 @@ class EvalConfig:
     images: int = 2
     every: int = 0  # steps between evaluations; 0: only at the end
     batch_size: int = 8
+    fd_loss_train_steps: int = 20  # fd_loss_train: mean FD-teacher feature term over the last N training steps
 
 
 @dataclass
@@ -156,6 +167,11 @@ class Recipe:
             ("eval.images", self.eval.images >= 1, "must be at least 1"),
             ("eval.every", self.eval.every >= 0, "must be 0 or more"),
             ("eval.batch_size", self.eval.batch_size >= 1, "must be at least 1"),
+            ("eval.fd_loss_train_steps", self.eval.fd_loss_train_steps >= 1, "must be at least 1"),
+            ("loss.fd_teacher", bool(self.loss.fd_teacher.strip()), "must name a teacher (e.g. dinov2)"),
+            ("loss.standardize", self.loss.standardize in STANDARDIZE_METHODS,
+             f"must be one of {', '.join(STANDARDIZE_METHODS)}, got '{self.loss.standardize}'"),
+            ("loss.standardize_batches", self.loss.standardize_batches >= 1, "must be at least 1"),
             ("teachers", len(self.teachers) >= 1, "must list at least one teacher"),
         ]
         for path, ok, message in checks:
