@@ -88,7 +88,7 @@ def test_round_trip_and_view_replay(recipe, teachers, built):
 
 @pytest.mark.parametrize("dtype, tolerance", [("fp16", 2 ** -11), ("bf16", 2 ** -8), ("fp32", 0.0)])
 def test_encoding_round_trip_is_exact_to_the_stored_precision(dtype, tolerance):
-    from zoo.cache import _decode, _encode
+    from zoo.cache import decode as _decode, encode as _encode
 
     values = torch.randn(4, 8, 3, 3)
     decoded = _decode(_encode(values, dtype), dtype)

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from zoo.commands.options import recipe_options
+from zoo.commands.options import device_option, recipe_options
 from zoo.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ def cache_group() -> None:
               help="Stored precision of the teacher outputs.")
 @click.option("--shard-size", type=int, default=None, help="Entries (image views) per shard.")
 @click.option("--batch-size", type=int, default=None, help="Images per teacher forward.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--offline", is_flag=True, help="Never contact a model hub for teacher weights.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[str, ...], out_dir: str,
@@ -41,7 +41,7 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
 
     Interrupted? Run the same command again: verified shards are kept.
     """
-    from zoo.cache import DEFAULT_BUILD_BATCH, DEFAULT_SHARD_SIZE, _human, build_cache
+    from zoo.cache import DEFAULT_BUILD_BATCH, DEFAULT_SHARD_SIZE, build_cache, human
     from zoo.recipe import load_recipe
     from zoo.ui import console, err_console
 
@@ -54,7 +54,7 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
 
     def estimate(rows: int, size: int) -> None:
         err_console.print(f"cache: {rows} entries ({views or loaded.augment.views} views per image), "
-                          f"estimated size {_human(size)} ({dtype})")
+                          f"estimated size {human(size)} ({dtype})")
 
     manifest = build_cache(loaded, out_dir, views=views, device=device, dtype=dtype,
                            shard_size=shard_size or DEFAULT_SHARD_SIZE, batch_size=batch_size or DEFAULT_BUILD_BATCH,
@@ -75,7 +75,7 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
 @click.argument("cache_dir", type=click.Path(file_okay=False))
 @click.option("--samples", type=int, default=8, show_default=True, help="Entries recomputed with the live teachers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which entries are sampled.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--offline", is_flag=True, help="Never contact a model hub for teacher weights.")
 def verify_command(cache_dir: str, samples: int, seed: int, device: str, offline: bool) -> None:
     """Check every shard and recompute a sample of entries with the live teachers.
