@@ -4,7 +4,9 @@ Per teacher, two 2-layer MLPs on top of the student: one maps the student's
 summary to the teacher's summary, one maps every feature location to the
 teacher's feature channels. Each is ``Linear -> LayerNorm -> GELU -> Linear``
 with the hidden width set to the largest teacher dimension (summary and
-feature dims over all teachers).
+feature dims over all teachers). A teacher without a summary (SAM: features
+only, ``summary_dim`` 0 / ``has_summary`` False) gets no summary head and its
+prediction's ``summary`` is None.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from zoo.teachers import TeacherOutput
 
 
 class TeacherDims(NamedTuple):
-    """What the heads need to know about a teacher (a :class:`~zoo.teachers.Teacher` also works)."""
+    """What the heads need to know about a teacher (a :class:`~zoo.teachers.Teacher` also works).
+
+    ``summary_dim`` 0: the teacher has no summary (no summary head, no summary loss term).
+    """
 
     name: str
     summary_dim: int
     feature_dim: int
+
+    @property
+    def has_summary(self) -> bool:
+        return self.summary_dim > 0
 
 
 class _HasDims(Protocol):
@@ -61,11 +70,18 @@ class FeatureHead(MLPHead):
 
 def as_teacher_dims(teacher: _HasDims | Sequence) -> TeacherDims:
     if isinstance(teacher, TeacherDims):
-        return teacher
-    if hasattr(teacher, "summary_dim") and hasattr(teacher, "feature_dim"):
-        return TeacherDims(str(teacher.name), int(teacher.summary_dim), int(teacher.feature_dim))
-    name, summary_dim, feature_dim = teacher  # a plain (name, summary_dim, feature_dim) tuple
-    return TeacherDims(str(name), int(summary_dim), int(feature_dim))
+        dims = teacher
+    elif hasattr(teacher, "summary_dim") and hasattr(teacher, "feature_dim"):
+        # has_summary False wins over a stale summary_dim (a features-only teacher may report its width)
+        summary_dim = int(teacher.summary_dim) if getattr(teacher, "has_summary", True) else 0
+        dims = TeacherDims(str(teacher.name), summary_dim, int(teacher.feature_dim))
+    else:
+        name, summary_dim, feature_dim = teacher  # a plain (name, summary_dim, feature_dim) tuple
+        dims = TeacherDims(str(name), int(summary_dim), int(feature_dim))
+    if dims.summary_dim < 0 or dims.feature_dim < 1:
+        raise ConfigError(f"teacher '{dims.name}' needs feature_dim >= 1 and summary_dim >= 0 (0: no summary), "
+                          f"got {dims.summary_dim} and {dims.feature_dim}")
+    return dims
 
 
 def hidden_width(teachers: Sequence[TeacherDims]) -> int:
@@ -89,7 +105,7 @@ class AdaptorHeads(nn.Module):
         self.teachers = dims
         self.hidden_dim = hidden_width(dims)
         self.summary_heads = nn.ModuleDict(
-            {d.name: MLPHead(summary_dim, self.hidden_dim, d.summary_dim) for d in dims}
+            {d.name: MLPHead(summary_dim, self.hidden_dim, d.summary_dim) for d in dims if d.has_summary}
         )
         self.feature_heads = nn.ModuleDict(
             {d.name: FeatureHead(feature_dim, self.hidden_dim, d.feature_dim) for d in dims}
@@ -100,9 +116,10 @@ class AdaptorHeads(nn.Module):
         return [d.name for d in self.teachers]
 
     def forward(self, out: BackboneOutput) -> dict[str, TeacherOutput]:
-        """Student output -> ``{teacher name: predicted TeacherOutput}``."""
+        """Student output -> ``{teacher name: predicted TeacherOutput}`` (``summary`` None without a summary head)."""
         summary, features = out[0], out[1]
         return {
-            name: TeacherOutput(self.summary_heads[name](summary), self.feature_heads[name](features))
+            name: TeacherOutput(self.summary_heads[name](summary) if name in self.summary_heads else None,
+                                self.feature_heads[name](features))
             for name in self.names
         }
