@@ -387,7 +387,7 @@ def test_cli_more_objectives_table_only(runs: Path, tmp_path: Path):
      [], "missing field 'backbone'"),
     (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--y", "knn_top"], "unknown metric 'knn_top'"),
     (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--y", "knn_top1"], "unknown metric 'knn_top1'"),
-    (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--resolution", "abc"], "resolution must look"),
+    (lambda root: write_run(root, distill_record("a", 1, 0.2)), ["--resolution", "abc"], "is not N or HxW"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, make, args, message):
     root = tmp_path / "runs"

@@ -6,26 +6,31 @@ import math
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from zoo.atomic import atomic_write_bytes, atomic_write_text
+from zoo.commands.options import RESOLUTION
 from zoo.errors import ConfigError, ZooError
 from zoo.pareto import (DEFAULT_X, DEFAULT_Y, FRONT_MARK, RANDOM_TEACHER_MARK, THROUGHPUT, Analysis, Group,
                         analyse, format_value, load_records, load_study_records, metric_label, parse_objective,
-                        parse_resolution, plot_html, plot_png, to_csv, to_json)
+                        plot_html, plot_png, to_csv, to_json)
+from zoo.pareto.render import kind_style
+from zoo.runs import DEFAULT_OUT as DEFAULT_RUNS_DIR
 from zoo.ui import console, err_console
 
-DEFAULT_RUNS_DIR = "runs"
 # Extra columns shown when some record has them and they are not objectives already.
 EXTRA_COLUMNS = ("params_m", "gmacs", "knn_top1", "zeroshot_top1")
 
 
+# Messages carry user text (labels, paths): escaped, so "[" in a run name is not rich markup.
 def _note(message: str) -> None:
-    err_console.print(f"[dim]note:[/dim] {message}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[dim]note:[/dim] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
@@ -35,12 +40,13 @@ def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
     if total > 1:
         title = f"[{group.index}/{total}] {title}"
     title += f" — {len(group.front)} of {len(ranked)} on the front"
-    table = Table(title=title, title_justify="left")
+    caption = " · ".join(f"{o.label} {o.arrow} {o.better}" for o in objectives)
+    table = Table(title=Text(title), title_justify="left", caption=Text(caption), caption_justify="left")
     table.add_column(FRONT_MARK, justify="center")
     table.add_column("model")
     table.add_column("kind")
     for o in objectives:
-        table.add_column(f"{o.label} {o.arrow}", justify="right")
+        table.add_column(Text(f"{o.label} {o.arrow}"), justify="right")
     speed_shown = any(o.name == THROUGHPUT for o in objectives)
     if speed_shown:
         table.add_column("min–max img/s", justify="right")
@@ -49,7 +55,7 @@ def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
     if not speed_shown and any(THROUGHPUT in row.record.metrics for row in ranked):
         extras.insert(0, THROUGHPUT)
     for name in extras:
-        table.add_column(metric_label(name), justify="right")
+        table.add_column(Text(metric_label(name)), justify="right")
     table.add_column("run / source")
     table.add_column("note")
     for row in ranked:
@@ -61,15 +67,16 @@ def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
             notes.append(f"status: {r.status}")
         if r.throughput_source != "record":
             notes.append(f"speed from {r.throughput_source.rsplit('/', 1)[-1]}")
+        kind = r.kind if len(group.kinds) <= 1 else f"{kind_style(r.kind).glyph} {r.kind}"
         cells = [FRONT_MARK if row.on_front else "", row.label + (RANDOM_TEACHER_MARK if r.random_teacher else ""),
-                 r.kind]
+                 kind]
         cells += [format_value(v) for v in row.values]
         if speed_shown:
             low, high = r.metric("throughput.min"), r.metric("throughput.max")
             cells.append("" if math.isnan(low) or math.isnan(high) else f"{low:,.0f}–{high:,.0f}")
         cells += [format_value(r.metric(name)) for name in extras]
         cells += [r.run_id or r.source, "; ".join(notes)]
-        table.add_row(*cells, style="bold" if row.on_front else None)
+        table.add_row(*(Text(cell) for cell in cells), style="bold" if row.on_front else None)
     return table
 
 
@@ -96,8 +103,10 @@ def _objectives(records, x, y, x_dir, y_dir, objective_specs):
                    "or 'none' to mix environments on purpose.")
 @click.option("--env", "env_index", type=click.IntRange(min=1), default=None, metavar="N",
               help="Only the N-th environment group as listed (largest first).")
-@click.option("--device", default=None, help="Only environments whose device or device name contains this.")
-@click.option("--resolution", default=None, help="Only throughput measured at this resolution (224 or 224x320).")
+@click.option("--device", default=None,
+              help="Only throughput measured on this device: cpu, cuda, cuda:N, or part of its name (e.g. A100).")
+@click.option("--resolution", type=RESOLUTION, default=None,
+              help="Only throughput measured at this resolution (224 or 224x320).")
 @click.option("--dtype", default=None, help="Only throughput measured in this dtype (fp32, fp16, bf16).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Only throughput measured at this batch.")
 @click.option("--throughput-from", type=click.Choice(["record", "bench"]), default="record", show_default=True,
@@ -121,17 +130,23 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
     search trials: a table per measurement environment (front members ★,
     fastest first), and optionally CSV, JSON, PNG and HTML.
 
-    PATHS are run folders, folders of runs (searched recursively),
-    summary.json files or bench .jsonl files (default: runs/). Throughputs
-    measured on different devices, resolutions, dtypes or batch sizes are
-    never compared: each environment gets its own front.
+    PATHS are run folders, folders of runs (searched recursively), the
+    --out folder of a `zoo search`, summary.json files or bench .jsonl files
+    (default: runs/). Throughputs measured on different devices,
+    resolutions, dtypes or batch sizes are never compared: each environment
+    gets its own front. Search trials given beside hand-picked runs share
+    their environment's front, drawn with their own marker (▲ trials,
+    ● runs); trials that violate the search's constraints are left out.
 
     \b
     Examples:
       zoo pareto                                   # runs/, throughput vs FD loss
       zoo pareto runs/ --png front.png --html front.html
+      zoo pareto search-out/                       # the trials of a zoo search --out folder
+      zoo pareto runs/ search-out/ --png both.png  # hand-picked runs beside the trials
       zoo pareto runs/ --throughput-from bench     # speeds from runs/bench.jsonl
       zoo pareto runs/ --y knn_top1                # any numeric field, direction by name
+      zoo pareto runs/ --y miou_ade20k             # higher is better: knn_, zeroshot_, miou, pixel_acc
       zoo pareto runs/ --y dinov2/features --x gmacs
       zoo pareto runs/ --objective throughput --objective fd_loss --objective params_m:min
       zoo pareto runs/ --device cuda --batch-size 128 --csv front.csv
@@ -145,14 +160,14 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
     records = []
     if paths or not study_url:
         if not paths and not Path(DEFAULT_RUNS_DIR).exists():
-            raise ZooError(f"no {DEFAULT_RUNS_DIR}/ folder here: pass run folders or bench .jsonl files "
-                           "(written by `zoo distill` and `zoo bench`)")
+            raise ZooError(f"no {DEFAULT_RUNS_DIR}/ folder here: pass run folders, a search --out folder or "
+                           "bench .jsonl files (written by `zoo distill`, `zoo search` and `zoo bench`)")
         records += load_records(list(paths) or [DEFAULT_RUNS_DIR], skip_invalid=skip_invalid, warn=_warn)
     if study_url:
         records += load_study_records(study_url, study_name, skip_invalid=skip_invalid, warn=_warn)
     objectives = _objectives(records, x, y, x_dir, y_dir, objective_specs)
     analysis = analyse(records, objectives, group_by=group_by, env_index=env_index, device=device,
-                       resolution=parse_resolution(resolution), dtype=dtype, batch_size=batch_size,
+                       resolution=resolution, dtype=dtype, batch_size=batch_size,
                        throughput_from=throughput_from, warn=_warn)
     # Build every file before writing any, so a plotting error leaves nothing half-done.
     outputs: list[tuple[str, bytes | str]] = []
@@ -170,7 +185,7 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
             console.print(_group_table(group, analysis, len(analysis.groups)))
         else:
             console.print(f"[{group.index}/{len(analysis.groups)}] {group.describe()}: no record has every "
-                          f"objective ({', '.join(o.name for o in objectives)})", highlight=False)
+                          f"objective ({', '.join(o.name for o in objectives)})", highlight=False, markup=False)
         for note in group.notes:
             _note(f"[{group.index}] {note}" if len(analysis.groups) > 1 else note)
     if analysis.random_teacher:
@@ -179,9 +194,11 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
         _note(note)
     if not any(group.ranked for group in analysis.groups):
         raise ZooError(f"no record has every objective ({', '.join(o.name for o in objectives)})")
+    # Each file is written whole or not at all (zoo.atomic); a full disk stops here with one line
+    # (DiskFullError: path, bytes needed), files written before it stay as written.
     for path, content in outputs:
         if isinstance(content, str):
             atomic_write_text(path, content)
         else:
             atomic_write_bytes(path, content)
-        err_console.print(f"wrote {path}", highlight=False)
+        err_console.print(f"wrote {path}", highlight=False, markup=False)
