@@ -50,7 +50,12 @@ def test_parse_spec_with_a_local_file(tmp_path):
     "spec,error,match",
     [
         ("", ConfigError, "empty teacher spec"),
-        ("sam:vit_h", UnknownNameError, "unknown teacher kind 'sam'"),
+        ("siglip:vit_h", UnknownNameError, "unknown teacher kind 'siglip'.*closest: clip"),
+        ("sam:samvit_hug_patch16", UnknownNameError, "unknown timm SAM model.*closest: samvit_huge_patch16"),
+        ("sam:vit_small_patch14_dinov2", UnknownNameError, "unknown timm SAM model"),
+        ("sam:samvit_base_patch16:sa1b", ConfigError, "after a dot \\(sam:samvit_base_patch16.sa1b\\)"),
+        ("sam:samvit_base_patch16@1000", ResolutionError, "multiple of 16"),
+        ("sam:tiny@40", ResolutionError, "multiple of 16"),
         ("dinov3:tiny", UnknownNameError, "closest: dinov2"),
         ("clip", ConfigError, "names no model"),
         ("clip:ViT-B-16", ConfigError, "needs a pretrained tag or a weights file.*laion2b_s34b_b88k"),
