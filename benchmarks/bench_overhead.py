@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from zoo.bench import BenchSettings, bench_model
+from zoo.bench import DEFAULT_BATCH_SIZE, BenchSettings, bench_model
 from zoo.registry import create_backbone
 
 
@@ -38,7 +38,7 @@ def bare_loop(model: torch.nn.Module, inputs: torch.Tensor, warmup: int, repeats
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet-18")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE["cpu"])
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)

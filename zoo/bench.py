@@ -11,7 +11,14 @@ Several models are measured *interleaved*: repeat 1 of every model, then
 repeat 2 of every model, ... so that machine noise (other jobs, clock
 changes, thermal throttling) falls on all of them alike. On GPUs,
 ``subprocess=True`` measures each model in a fresh process instead (no memory
-fragmentation left by the previous model), one after the other.
+fragmentation left by the previous model), one after the other; those
+processes run the same ``zoo`` as their parent, never a ``zoo/`` folder that
+happens to sit in the working directory (see :func:`worker_command`).
+
+Every default lives in :class:`BenchSettings` (``zoo bench``'s option
+defaults are read from it); the device comes from
+:func:`zoo.devices.resolve_device` and the recorded versions from
+:func:`zoo.versions.versions`.
 """
 
 from __future__ import annotations
@@ -33,9 +40,19 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from zoo.backbone import as_hw
-from zoo.checkpoints import atomic_write_json, atomic_write_text
+import zoo
+from zoo.atomic import atomic_write_json, atomic_write_text
+from zoo.devices import resolve_device
 from zoo.errors import ConfigError, ZooError
+from zoo.progress import progress_bar
+from zoo.sizes import as_hw
+from zoo.versions import versions
+
+__all__ = [  # resolve_device and versions are re-exported: older callers import them from here
+    "BenchResult", "BenchSettings", "DEFAULTS", "append_results", "bench_backbones", "bench_model", "bench_models",
+    "check_backbones", "count_params_m", "device_name", "read_results", "resolve_device", "versions",
+    "worker_command",
+]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Defaults that depend on the device: on CUDA, Table 7's protocol (batch 128, mixed FP16/FP32).
@@ -123,6 +140,9 @@ class BenchSettings:
         return data
 
 
+DEFAULTS = BenchSettings()  # the one source of every default (zoo bench reads its option defaults here)
+
+
 @dataclass
 class BenchResult:
     """One backbone measured under one :class:`BenchSettings` (a line of ``bench.jsonl``).
@@ -161,27 +181,6 @@ class BenchResult:
 # --------------------------------------------------------------------------- environment
 
 
-def resolve_device(spec: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; a requested GPU must exist."""
-    spec = str(spec).strip().lower()
-    if spec == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise ConfigError(f"device '{spec}' is not supported; use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device '{spec}' requested but no CUDA GPU is available here; use --device cpu")
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{spec}' does not exist: {torch.cuda.device_count()} CUDA device(s) here")
-    return torch.device("cuda", index)
-
-
 def device_name(device: torch.device) -> str:
     """The GPU name, or the CPU model (from /proc/cpuinfo where there is one)."""
     if device.type == "cuda":
@@ -194,15 +193,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
-
-
-def versions() -> dict[str, str]:
-    import timm
-
-    from zoo import __version__
-
-    return {"torch": torch.__version__, "timm": timm.__version__, "zoo": __version__,
-            "python": platform.python_version()}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -380,16 +370,6 @@ class _Measurement:
 # --------------------------------------------------------------------------- many models
 
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from zoo.ui import err_console
-
-    return Progress(TextColumn("[bold]bench[/]"), TextColumn("{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), console=err_console, transient=False,
-                    disable=not enabled)
-
-
 def bench_models(
     models: Mapping[str, nn.Module],
     settings: BenchSettings,
@@ -404,11 +384,11 @@ def bench_models(
     settings = settings.resolved()
     device = torch.device(settings.device)
     families = families or {}
-    with _runtime(settings, device), _progress(progress) as bar:
-        task = bar.add_task("preparing", total=len(models) * (settings.repeats + 1))
+    with _runtime(settings, device), progress_bar(progress) as bar:
+        task = bar.add_task("bench", total=len(models) * (settings.repeats + 1), info="")
         runs = []
         for name, model in models.items():
-            bar.update(task, description=f"prepare + warm-up {name}")
+            bar.update(task, info=f"prepare + warm-up {name}")
             run = _Measurement(name, families.get(name), model, settings)
             run.guarded("warmup")
             runs.append(run)
@@ -421,7 +401,7 @@ def bench_models(
             for run in runs:
                 if len(run.values) >= settings.repeats:
                     continue
-                bar.update(task, description=f"repeat {round_index}/{settings.repeats} {run.name}")
+                bar.update(task, info=f"repeat {round_index}/{settings.repeats} {run.name}")
                 before = len(run.values)
                 run.guarded("repeat")
                 if len(run.values) > before:
@@ -503,17 +483,35 @@ def bench_backbones(names: Sequence[str], settings: BenchSettings, progress: boo
 # --------------------------------------------------------------------------- one process per model
 
 
+def worker_command(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a ``python -m zoo.bench`` worker.
+
+    ``python -m`` puts the working directory first on the import path, so a
+    worker started from a folder holding a ``zoo/`` directory would run that
+    code. The worker gets ``-P`` (Python 3.11+: no such entry), is started in
+    a fresh temporary folder (the guard on older Pythons), and finds the
+    parent's own ``zoo`` through ``PYTHONPATH`` (an editable install or a
+    source checkout works the same).
+    """
+    isolate = ["-P"] if sys.version_info >= (3, 11) else []
+    zoo_root = str(Path(zoo.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([zoo_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                                      if p and p != "."])
+    return [sys.executable, *isolate, "-m", "zoo.bench", *args], env
+
+
 def _bench_in_subprocesses(names: Sequence[str], settings: BenchSettings, progress: bool) -> list[BenchResult]:
-    """Each backbone in a fresh ``python -m zoo.bench`` worker, one after the other."""
+    """Each backbone in a fresh ``python -m zoo.bench`` worker (:func:`worker_command`), one after the other."""
     worker_settings = replace(settings, subprocess=False)
     results = []
-    with _progress(progress) as bar, tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
-        task = bar.add_task("subprocesses", total=len(names))
+    with progress_bar(progress) as bar, tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        task = bar.add_task("bench", total=len(names), info="")
         for name in names:
-            bar.update(task, description=f"{name} (own process)")
+            bar.update(task, info=f"{name} (own process)")
             out = Path(tmp) / f"{len(results)}.json"
-            command = [sys.executable, "-m", "zoo.bench", json.dumps(worker_settings.to_dict()), name, str(out)]
-            proc = subprocess.run(command, capture_output=True, text=True)
+            command, env = worker_command([json.dumps(worker_settings.to_dict()), name, str(out)])
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp, env=env)
             if proc.returncode != 0:
                 lines = [line for line in proc.stderr.splitlines() if line.strip()]
                 last = lines[-1] if lines else f"exit status {proc.returncode}"

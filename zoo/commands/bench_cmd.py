@@ -10,13 +10,20 @@ from typing import Any, Sequence
 import click
 from rich.table import Table
 
-from zoo.bench import COMPILE_MODES, DEFAULT_RESULTS_FILE, DTYPES, BenchResult, BenchSettings, bench_backbones
-from zoo.checkpoints import atomic_write_text
+from zoo.atomic import atomic_write_text
+from zoo.bench import (COMPILE_MODES, DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_RESULTS_FILE, DEFAULTS, DTYPES,
+                       BenchResult, BenchSettings, bench_backbones)
+from zoo.commands.options import RESOLUTION, device_option
 from zoo.errors import ConfigError
+
+def _per_device(defaults: dict) -> str:
+    """``128 on CUDA, 8 on CPU``: a per-device default, for help texts."""
+    return ", ".join(f"{value} on {kind.upper()}" for kind, value in defaults.items())
+
 
 CSV_COLUMNS = ["backbone", "family", "params_m", "gmacs", "peak_memory_mb", "median", "min", "max", "values",
                "unit", "device", "device_name", "batch_size", "resolution", "dtype", "channels_last", "compile",
-               "fuse", "threads", "torch", "timm", "zoo", "created"]
+               "fuse", "threads", "torch", "timm", "open_clip", "numpy", "zoo", "python", "created"]
 
 
 def _select_backbones(backbone: str | None, family: str | None, every: bool) -> list[str]:
@@ -100,19 +107,23 @@ def _write(target: str, text: str) -> None:
 @click.option("--backbone", "-b", default=None, metavar="A,B,C", help="Backbones to measure (comma-separated).")
 @click.option("--family", default=None, help="Every backbone of one family (e.g. convnext, vit-cpe).")
 @click.option("--all", "every", is_flag=True, help="Every registered backbone.")
-@click.option("--resolution", "-r", default="224", show_default=True, help="Input size: N or HxW (e.g. 320x480).")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass [default: 128 on CUDA, 8 on CPU].")
-@click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default="auto", show_default=True,
-              help="Autocast precision; auto = fp16 on CUDA (Table 7's mixed precision), fp32 on CPU.")
+@click.option("--resolution", "-r", type=RESOLUTION, default="x".join(map(str, DEFAULTS.resolution)),
+              show_default=True, help="Input size: N or HxW (e.g. 320x480).")
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size,
+              help=f"Images per forward pass [default: {_per_device(DEFAULT_BATCH_SIZE)}].")
+@click.option("--dtype", type=click.Choice(["auto", *DTYPES]), default=DEFAULTS.dtype, show_default=True,
+              help=f"Autocast precision; auto = {_per_device(DEFAULT_DTYPE)} (Table 7's mixed precision on CUDA).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format for model and input.")
 @click.option("--compile", "compile_mode", is_flag=False, flag_value="default", default=None, metavar="[MODE]",
               help=f"torch.compile the models; MODE is one of {', '.join(COMPILE_MODES)} (default: default).")
 @click.option("--fuse", is_flag=True, help="Deploy mode (backbone.fuse()) where the backbone supports it.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads) [default: leave].")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed forward passes per model.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repeats per model (the distribution).")
-@click.option("--steps", "steps_per_repeat", type=int, default=10, show_default=True,
+@device_option(default=DEFAULTS.device)
+@click.option("--threads", type=int, default=DEFAULTS.threads,
+              help="CPU threads (torch.set_num_threads) [default: leave].")
+@click.option("--warmup", type=int, default=DEFAULTS.warmup, show_default=True, help="Untimed forward passes per model.")
+@click.option("--repeats", type=int, default=DEFAULTS.repeats, show_default=True,
+              help="Timed repeats per model (the distribution).")
+@click.option("--steps", "steps_per_repeat", type=int, default=DEFAULTS.steps_per_repeat, show_default=True,
               help="Forward passes per timed repeat.")
 @click.option("--no-flops", is_flag=True, help="Skip counting GMACs with fvcore.")
 @click.option("--subprocess", "use_subprocess", is_flag=True,
@@ -142,12 +153,11 @@ def bench_command(backbone, family, every, resolution, batch_size, dtype, channe
       zoo bench --backbone resnet-18 --device cpu --threads 4 --json - --no-save
       zoo bench --all --subprocess --csv bench.csv
     """
-    from zoo.backbone import as_hw
     from zoo.ui import console, err_console
 
     # Every check that can fail runs here, before any model is built or timed.
     settings = BenchSettings(
-        resolution=as_hw(resolution), batch_size=batch_size, dtype=dtype, channels_last=channels_last,
+        resolution=resolution, batch_size=batch_size, dtype=dtype, channels_last=channels_last,
         compile=compile_mode or False, device=device, threads=threads, warmup=warmup, repeats=repeats,
         steps_per_repeat=steps_per_repeat, fuse=fuse, flops=not no_flops, subprocess=use_subprocess,
     ).resolved()
