@@ -1,42 +1,47 @@
-"""Score one E-RADIO candidate: measured throughput and proxy-distillation FD loss.
+"""Score one candidate of a search space: measured throughput and proxy-distillation FD loss.
 
-A trial (1) samples a :class:`~zoo.search.space.Candidate`, (2) refuses to
-evaluate a configuration some earlier trial already evaluated or is evaluating
-(it is marked PRUNED with ``user_attrs["skipped"]``, see
+A trial (1) samples a :class:`~zoo.search.space.Candidate` from the space,
+(2) refuses to evaluate a configuration some earlier trial already evaluated
+or is evaluating (it is marked PRUNED with ``user_attrs["skipped"]``, see
 :mod:`zoo.search.study`), (3) measures throughput, parameters and GMACs with
 :mod:`zoo.bench` on the worker's device, (4) runs a short proxy distillation
 (:func:`zoo.distill.distill` with the ``search-proxy`` recipe) and takes its
-FD loss, and (5) stores everything as ``trial.user_attrs["record"]`` (the
-format :func:`zoo.pareto.load_study_records` reads) and in the run folder.
+FD loss, and (5) writes ONE record: the run folder's ``summary.json``
+(:class:`zoo.runs.RunRecord`, kind ``search-trial``, with a
+:class:`zoo.runs.SearchInfo` block and the measured throughput), also kept as
+``trial.user_attrs["record"]`` so a storage alone can be read.
+
+The proxy run's checkpoint is deleted when the trial ends (complete, pruned,
+failed or diverged; 0.35-2.4 GB each at 224 px) unless ``keep_checkpoints``;
+a trial stopped by a signal keeps it, so its retry resumes. A proxy run whose
+loss diverges (:class:`zoo.errors.DivergedError`) is recorded with status
+``diverged`` and the trial is FAIL: it never becomes a point of the front.
 
 Objectives: ``multi`` = (maximise throughput, minimise FD loss); ``fd_loss`` =
 minimise FD loss alone, with the FD-loss curve reported to the study's pruner
 at every evaluation of the proxy run (Optuna cannot prune multi-objective
-studies).
+studies). Constraints (``max_params_m``, ``min_throughput``) go through
+:meth:`optuna.trial.Trial.set_constraint` (NSGA-II and TPE read them;
+``study.best_trials`` keeps feasible trials only).
 
-Constraints (``max_params_m``, ``min_throughput``) go through
-:meth:`optuna.trial.Trial.set_constraint` (Optuna 5 replaces samplers'
-``constraints_func`` by it; NSGA-II and TPE read them, ``study.best_trials``
-keeps feasible trials only) and are copied to ``user_attrs["constraints"]``.
-
-``dry_run`` replaces the distillation by :func:`surrogate_fd_loss` (a cheap,
-deterministic stand-in, *not* a quality estimate) to test the machinery and
-compare samplers; its records say so (``"fd_loss_source": "surrogate"``).
+``dry_run`` replaces the distillation by the space's ``surrogate_fd_loss`` (a
+cheap, deterministic stand-in, *not* a quality estimate) to test the machinery
+and compare samplers; its records say so (``fd_loss_source: surrogate``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from zoo.errors import ConfigError, DivergedError
+from zoo.runs import (KIND_SEARCH_TRIAL, STATUS_COMPLETE, STATUS_DIVERGED, RunPaths, RunRecord, SearchInfo,
+                      read_record, safe_name, write_record)
 from zoo.search.space import Candidate, SearchSpace
-from zoo.checkpoints import atomic_write_json
-from zoo.errors import ConfigError
 
 MULTI = "multi"
 FD_LOSS = "fd_loss"
@@ -44,10 +49,14 @@ OBJECTIVES = (MULTI, FD_LOSS)
 DIRECTIONS: dict[str, list[str]] = {MULTI: ["maximize", "minimize"], FD_LOSS: ["minimize"]}
 OBJECTIVE_NAMES: dict[str, list[str]] = {MULTI: ["throughput", "fd_loss"], FD_LOSS: ["fd_loss"]}
 DEFAULT_RECIPE = "search-proxy"
-RECORD_KIND = "search-trial"
-TRIAL_FILE = "trial.json"  # the search record beside a distill run's summary.json
-# Parameter counts (M) where the surrogate's gains level off; see surrogate_fd_loss.
-_SURROGATE_SCALE_M = 30.0
+SURROGATE = "surrogate"
+PROXY = "proxy distillation"
+# BenchSettings fields a search may change; their defaults are zoo.bench.BenchSettings' own.
+BENCH_FIELDS = ("batch_size", "dtype", "warmup", "repeats", "steps_per_repeat", "threads", "channels_last")
+
+
+class TrialDiverged(Exception):
+    """The proxy run diverged: the trial is stored FAIL (``study.optimize(catch=...)``) and the worker goes on."""
 
 
 @dataclass
@@ -58,14 +67,15 @@ class ObjectiveSettings:
         recipe: distillation recipe (name or YAML path) of the proxy run.
         recipe_overrides: ``key=value`` overrides applied to the recipe.
         teachers: teacher specs for the proxy run (None: the recipe's, the tiny ones in ``search-proxy``).
-        out_dir: where the proxy runs (one folder per trial) go.
+        out_dir: where the trial runs (one folder per trial) go.
         device: ``auto`` (the worker's GPU when it has one), ``cpu``, ``cuda:N``.
         objective: ``multi`` (throughput, FD loss) or ``fd_loss`` (single objective, prunable).
         max_params_m: constraint: at most this many million parameters.
         min_throughput: constraint: at least this many img/s.
-        bench_batch_size / bench_dtype / bench_warmup / bench_repeats / bench_steps / bench_threads: the
-            throughput measurement (:class:`zoo.bench.BenchSettings`; None = the device's default).
-        dry_run: FD loss from :func:`surrogate_fd_loss` instead of a distillation.
+        bench: :class:`zoo.bench.BenchSettings` fields that differ from its defaults (``batch_size``,
+            ``repeats``, ...); resolution, device and FLOP counting are the trial's.
+        dry_run: FD loss from the space's surrogate instead of a distillation.
+        keep_checkpoints: keep each proxy run's ``checkpoint.pt`` (deleted when the trial ends otherwise).
         progress: show the proxy runs' progress bars.
     """
 
@@ -77,13 +87,9 @@ class ObjectiveSettings:
     objective: str = MULTI
     max_params_m: float | None = None
     min_throughput: float | None = None
-    bench_batch_size: int | None = None
-    bench_dtype: str = "auto"
-    bench_warmup: int = 3
-    bench_repeats: int = 3
-    bench_steps: int = 5
-    bench_threads: int | None = None
+    bench: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    keep_checkpoints: bool = False
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +100,11 @@ class ObjectiveSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        unknown = sorted(set(self.bench) - set(BENCH_FIELDS))
+        if unknown:
+            raise ConfigError(f"bench setting(s) {', '.join(unknown)} cannot be set here; "
+                              f"choose from {', '.join(BENCH_FIELDS)}")
+        self.bench = {k: v for k, v in self.bench.items() if v is not None}
 
     @property
     def constrained(self) -> bool:
@@ -102,10 +113,8 @@ class ObjectiveSettings:
     def bench_settings(self, resolution: int) -> Any:
         from zoo.bench import BenchSettings
 
-        return BenchSettings(resolution=(resolution, resolution), batch_size=self.bench_batch_size,
-                             dtype=self.bench_dtype, device=self.device, threads=self.bench_threads,
-                             warmup=self.bench_warmup, repeats=self.bench_repeats, steps_per_repeat=self.bench_steps,
-                             flops=True).resolved()
+        return BenchSettings(resolution=(resolution, resolution), device=self.device, flops=True,
+                             **dict(self.bench)).resolved()
 
 
 def constraint_values(settings: ObjectiveSettings, params_m: float, throughput: float) -> dict[str, float]:
@@ -116,33 +125,6 @@ def constraint_values(settings: ObjectiveSettings, params_m: float, throughput: 
     if settings.min_throughput is not None:
         values["min_throughput"] = settings.min_throughput - throughput
     return values
-
-
-def surrogate_fd_loss(candidate: Candidate, params_m: float) -> float:
-    """A deterministic stand-in for the proxy FD loss (dry runs, sampler benchmarks).
-
-    Falls with capacity (parameters, with diminishing returns), with depth in
-    the attention stages, with a neck (denser features), and with attention
-    windows that cover more of the map; rises for the pooling resampler. The
-    numbers are invented for testing search machinery only.
-    """
-    cfg = candidate.config
-    capacity = 0.6 / (1.0 + math.sqrt(params_m / _SURROGATE_SCALE_M))
-    depth = 0.08 / (1.0 + 0.25 * (cfg.depths[2] + cfg.depths[3]))
-    neck = 0.0 if cfg.neck_dim else 0.05
-    cells3 = candidate.resolution // 16
-    window = 0.04 * (1.0 - min(1.0, cfg.window_size[0] / cells3))
-    resample = 0.02 if cfg.mra_resample == "pool" else 0.0
-    mix = 0.015 * abs(len(cfg.mra_ratios) - 2)
-    return 0.2 + capacity + depth + neck + window + resample + mix
-
-
-def _set_attr(trial: Any, key: str, value: Any) -> None:
-    trial.set_user_attr(key, value)
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "study"
 
 
 class SearchObjective:
@@ -193,7 +175,7 @@ class SearchObjective:
     def teachers(self, recipe: Any) -> list[Any]:
         """The teachers, built once per worker and reused by every trial."""
         if self._teachers is None:
-            from zoo.bench import resolve_device
+            from zoo.devices import resolve_device
             from zoo.teachers import build_teachers
 
             specs = list(self.settings.teachers or recipe.teachers)
@@ -205,14 +187,18 @@ class SearchObjective:
         # killed worker trains the same candidate and resumes that worker's checkpoint.
         recipe = self.recipe(candidate.resolution)
         suffix = "" if recipe is None else "-" + hashlib.sha1(recipe.to_yaml().encode()).hexdigest()[:6]
-        return f"{_safe_name(self.study_name)}-{candidate.key()}{suffix}"
+        return f"{safe_name(self.study_name)}-{candidate.key()}{suffix}"
+
+    def run_paths(self, candidate: Candidate) -> RunPaths:
+        return RunPaths(self.settings.out_dir / self.run_name(candidate))
 
     def measure(self, candidate: Candidate, name: str) -> Any:
         """Throughput, params and GMACs (:func:`zoo.bench.bench_model`) of a freshly built candidate."""
         from zoo.bench import bench_model
 
         model = candidate.build(name=name)
-        return bench_model(model, self.settings.bench_settings(candidate.resolution), name=name, family="eradio")
+        return bench_model(model, self.settings.bench_settings(candidate.resolution), name=name,
+                           family=candidate.family)
 
     def distill(self, trial: Any, candidate: Candidate, name: str) -> dict[str, Any]:
         """The proxy distillation of ``candidate`` at its resolution; its run record (with ``fd_loss``)."""
@@ -225,16 +211,17 @@ class SearchObjective:
             def on_eval(step: int, fd_loss: float) -> None:
                 trial.report(float(fd_loss), int(step))
                 if trial.should_prune():
-                    _set_attr(trial, "pruned_at", {"step": int(step), "fd_loss": float(fd_loss)})
+                    trial.set_user_attr("pruned_at", {"step": int(step), "fd_loss": float(fd_loss)})
                     raise optuna.TrialPruned(f"FD loss {fd_loss:.4f} at step {step}")
 
-        recipe = self.recipe(candidate.resolution)
-        run_name = self.run_name(candidate)
-        resume = (self.settings.out_dir / run_name / "checkpoint.pt").is_file()
-        backbone = candidate.build(name=name)
-        return distill(backbone, recipe, out_dir=str(self.settings.out_dir), run_name=run_name, resume=resume,
-                       device=self.settings.device, progress=self.settings.progress,
-                       teachers=self.teachers(recipe), on_eval=on_eval)
+        paths = self.run_paths(candidate)
+        finished = _finished_run(paths)
+        if finished is not None:  # a retried trial whose proxy run had ended before its worker died
+            return finished
+        return distill(candidate.build(name=name), self.recipe(candidate.resolution), out_dir=str(paths.root.parent),
+                       run_name=paths.root.name, resume=paths.checkpoint.is_file(), device=self.settings.device,
+                       progress=self.settings.progress, teachers=self.teachers(self.recipe(candidate.resolution)),
+                       on_eval=on_eval)
 
     # ------------------------------------------------------------------ the trial
 
@@ -243,14 +230,14 @@ class SearchObjective:
 
         candidate = self.space.sample(trial)
         self.current = (trial.number, dict(trial.params))
-        _set_attr(trial, "candidate", candidate.to_dict())
-        _set_attr(trial, "key", candidate.key())
+        trial.set_user_attr("candidate", candidate.to_dict())
+        trial.set_user_attr("key", candidate.key())
         if self.duplicate_check is not None:
             reason = self.duplicate_check(trial, candidate)
             if reason:
-                _set_attr(trial, "skipped", reason)
+                trial.set_user_attr("skipped", reason)
                 raise optuna.TrialPruned(reason)
-        name = f"eradio-search-{candidate.key()}"
+        name = f"{candidate.family}-search-{candidate.key()}"
         start = time.perf_counter()
         bench = self.measure(candidate, name)
         throughput = float(bench.throughput["median"])
@@ -260,62 +247,98 @@ class SearchObjective:
         for key, value in constraints.items():
             if f"constraints:{key}" not in stored:
                 trial.set_constraint(key, value)
-        if constraints:
-            _set_attr(trial, "constraints", constraints)
+        paths = self.run_paths(candidate)
+        info = SearchInfo(study_name=self.study_name, trial_number=trial.number, space=self.space.name,
+                          params=dict(trial.params), objective=self.settings.objective,
+                          constraints=constraints or None, feasible=all(v <= 0 for v in constraints.values()),
+                          extra={"key": candidate.key()})
         if self.settings.dry_run:
-            run = {"fd_loss": surrogate_fd_loss(candidate, bench.params_m), "fd_loss_source": "surrogate"}
+            fd_loss = float(self.space.surrogate_fd_loss(candidate, bench.params_m))
+            record = self._dry_record(paths, name, candidate, fd_loss)
         else:
-            run = dict(self.distill(trial, candidate, name))
-            run.setdefault("fd_loss_source", "proxy distillation")
-        fd_loss = run.get("fd_loss")
+            record = self._proxy_record(trial, paths, name, candidate, info, bench, start)
+            fd_loss = record.fd_loss
         if not isinstance(fd_loss, (int, float)) or not math.isfinite(fd_loss):
             raise RuntimeError(f"the proxy run gave no finite FD loss ({fd_loss!r})")
-        record = self._record(trial, candidate, name, bench, run, constraints, time.perf_counter() - start)
-        _set_attr(trial, "record", record)
-        self._write(record, run)
+        self._complete(record, info, candidate, bench, start)
+        write_record(paths.root, record)
+        trial.set_user_attr("record", record.to_dict())
         if self.settings.objective == FD_LOSS:
             return float(fd_loss)
         return throughput, float(fd_loss)
 
-    def _record(self, trial: Any, candidate: Candidate, name: str, bench: Any, run: dict[str, Any],
-                constraints: dict[str, float], seconds: float) -> dict[str, Any]:
-        """The ``search-trial`` record: the distill record's fields, our throughput/params/GMACs, the candidate."""
-        record = {k: v for k, v in run.items() if _json_safe(v)}
-        record.update(
-            kind=RECORD_KIND,
-            backbone=name,
-            family="eradio",
-            study_name=self.study_name,
-            trial_number=trial.number,
-            params=dict(trial.params),
-            config=candidate.config.to_dict(),
-            resolution=[candidate.resolution, candidate.resolution],
-            throughput=bench.throughput,
-            params_m=bench.params_m,
-            gmacs=bench.gmacs,
-            fd_loss=float(run["fd_loss"]),
-            recipe=None if self.settings.dry_run else self.recipe(candidate.resolution).name,
-            objective=self.settings.objective,
-            constraints=constraints or None,
-            feasible=all(v <= 0 for v in constraints.values()),
-            trial_seconds=round(seconds, 3),
-            run_dir=str(self.settings.out_dir / self.run_name(candidate)),
-        )
-        if self.settings.dry_run:
-            record["random_teacher"] = False
+    def _proxy_record(self, trial: Any, paths: RunPaths, name: str, candidate: Candidate, info: SearchInfo,
+                      bench: Any, start: float) -> RunRecord:
+        """Run the proxy distillation; its checkpoint goes when the trial ends, unless kept or interrupted."""
+        keep = self.settings.keep_checkpoints
+        try:
+            self.distill(trial, candidate, name)
+        except DivergedError as err:
+            record = _record_or_new(paths, name, err.record)
+            record.status = STATUS_DIVERGED
+            info.extra["diverged"] = str(err)
+            self._complete(record, info, candidate, bench, start)
+            write_record(paths.root, record)
+            trial.set_user_attr("diverged", str(err).splitlines()[0] if str(err) else "diverged")
+            trial.set_user_attr("record", record.to_dict())
+            raise TrialDiverged(f"trial {trial.number}: the proxy run diverged: {err}") from err
+        except BaseException as err:
+            keep = keep or _interrupted(err)  # a stopped run resumes from its checkpoint
+            raise
+        finally:
+            if not keep:
+                paths.checkpoint.unlink(missing_ok=True)
+        record = read_record(paths.root)
+        record.extra.setdefault("fd_loss_source", PROXY)
         return record
 
-    def _write(self, record: dict[str, Any], run: dict[str, Any]) -> None:
-        """The record in the run folder: ``summary.json`` for dry runs, ``trial.json`` beside a distill run's."""
-        folder = Path(record["run_dir"])
-        atomic_write_json(folder / (TRIAL_FILE if not self.settings.dry_run else "summary.json"), record)
+    def _dry_record(self, paths: RunPaths, name: str, candidate: Candidate, fd_loss: float) -> RunRecord:
+        from zoo.versions import versions
+
+        return RunRecord(run_id=paths.root.name, backbone=name, run_dir=str(paths.root), fd_loss=fd_loss,
+                         note="dry run: fd_loss is a surrogate (search machinery test), not a distillation",
+                         versions=versions(), extra={"fd_loss_source": SURROGATE})
+
+    def _complete(self, record: RunRecord, info: SearchInfo, candidate: Candidate, bench: Any, start: float) -> None:
+        """Make ``record`` the trial's: kind, search block, and the candidate's own measurements."""
+        info.trial_seconds = round(time.perf_counter() - start, 3)
+        record.kind = KIND_SEARCH_TRIAL
+        record.search = info
+        if record.backbone in (None, "", "?"):
+            record.backbone = f"{candidate.family}-search-{candidate.key()}"
+        record.family = candidate.family
+        record.backbone_config = candidate.config_dict()
+        record.resolution = [candidate.resolution, candidate.resolution]
+        record.throughput = bench.throughput
+        record.params_m = bench.params_m
+        record.gmacs = bench.gmacs
+        record.run_dir = str(self.run_paths(candidate).root)
+        if record.status not in (STATUS_DIVERGED,):
+            record.status = STATUS_COMPLETE
+        if self.settings.dry_run:
+            record.device = str(bench.throughput.get("device", self.settings.device))
+        else:
+            record.recipe = self.recipe(candidate.resolution).name
 
 
-def _json_safe(value: Any) -> bool:
-    import json
+def _finished_run(paths: RunPaths) -> dict[str, Any] | None:
+    """The record of a proxy run that already ended (no checkpoint left to resume), else None."""
+    if paths.checkpoint.is_file() or not paths.summary.is_file():
+        return None
+    record = read_record(paths.root)
+    if record.status != STATUS_COMPLETE or record.fd_loss is None:
+        return None
+    return record.to_dict()
 
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+
+def _record_or_new(paths: RunPaths, name: str, data: Mapping[str, Any] | None) -> RunRecord:
+    """The record a diverged proxy run wrote (or the one its error carries)."""
+    if paths.summary.is_file():
+        return read_record(paths.root)
+    if data:
+        return RunRecord.from_dict({**data, "run_id": paths.root.name})
+    return RunRecord(run_id=paths.root.name, backbone=name, run_dir=str(paths.root))
+
+
+def _interrupted(err: BaseException) -> bool:
+    return isinstance(err, KeyboardInterrupt) or type(err).__name__ == "DistillInterrupted"

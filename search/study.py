@@ -15,22 +15,31 @@ worker):
   itself: two workers asking at the same moment cannot overshoot (Optuna's
   ``MaxTrialsCallback`` counts only finished trials, so ``k`` workers may
   overshoot by ``k - 1``);
-* when the budget is taken but other workers still run trials, a worker with
-  heartbeats waits for them (a killed one's trial turns FAIL after the grace
-  period and is retried by this worker), so every worker returns when the
-  study is finished; without heartbeats (journal storage) it returns at once;
+* when the budget is taken but other workers still run trials, a worker waits
+  for them (a killed one's trial turns FAIL after the grace period and is
+  retried by this worker), so every worker returns when the study is finished;
 * N failures in a row stop a worker with an error (a broken setup must not
   loop forever); a run of skipped duplicates stops it with a note (the space,
   or what the sampler still proposes, is exhausted);
+* a trial whose proxy run diverges is FAIL (never a point of the front) and
+  the worker goes on;
 * a worker stopped by SIGINT/SIGTERM (the proxy run saves its checkpoint)
   fails its trial and queues the same candidate again: the next worker
   resumes that proxy run from its checkpoint.
 
-Heartbeats work with ``study.optimize`` only (not ask/tell), so each trial is
-one ``study.optimize(n_trials=1)`` call; RDB storages get
+Stale trials: heartbeats work with ``study.optimize`` only (not ask/tell), so
+each trial is one ``study.optimize(n_trials=1)`` call. RDB storages get
 ``heartbeat_interval``/``grace_period`` and
 :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` (the stale trial
 becomes FAIL, a WAITING copy of it runs next and resumes its proxy run).
+Optuna 5.0's :class:`~optuna.storages.JournalStorage` has no heartbeats (it
+does not implement :class:`optuna.storages._heartbeat.BaseHeartbeat`), so
+journal files get :class:`JournalLeaseStorage`: the same protocol as a lease
+in the journal itself (each running trial's worker renews a
+``zoo_lease`` system attribute every interval; a RUNNING trial whose lease is
+older than the grace period is failed and retried by any worker), with the
+same callback. The lease uses wall-clock time: workers on several machines
+need clocks that agree to well within the grace period.
 """
 
 from __future__ import annotations
@@ -42,12 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zoo.search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective
-from zoo.search.space import Candidate, SearchSpace
 from zoo.errors import ConfigError, UnknownNameError, ZooError, unknown_name
+from zoo.search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective, TrialDiverged
+from zoo.search.space import Candidate, SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///runs/search.db"
-DEFAULT_STUDY = "eradio-search"
+DEFAULT_STUDY = "eradio-search"  # the default space's; another space's is "<space>-search"
+LEASE_ATTR = "zoo_lease"
 SQLITE_TIMEOUT_S = 60  # seconds a writer waits for SQLite's lock ("database is locked" otherwise)
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is marked FAIL
@@ -72,21 +82,99 @@ def journal_path(url: str) -> Path | None:
     return None
 
 
+def default_study(space_name: str) -> str:
+    return DEFAULT_STUDY if space_name == "eradio" else f"{space_name}-search"
+
+
+def _lease_storage_class() -> type:
+    """:class:`JournalLeaseStorage`, defined on first use (keeps ``import zoo.search.study`` free of Optuna)."""
+    global JournalLeaseStorage
+    if JournalLeaseStorage is not None:
+        return JournalLeaseStorage
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages.journal import JournalStorage
+    from optuna.trial import TrialState
+
+    class _JournalLeaseStorage(JournalStorage, BaseHeartbeat):
+        """A journal storage whose running trials hold a lease their worker renews (Optuna's heartbeat API).
+
+        ``record_heartbeat`` appends the current time as the trial's ``zoo_lease`` system attribute;
+        ``_get_stale_trial_ids`` lists RUNNING trials whose lease (or start, before the first renewal)
+        is older than ``grace_period``. :func:`optuna.storages.fail_stale_trials`, the heartbeat thread
+        of ``study.optimize`` and the stale-trial callback then work as with an RDB storage.
+        """
+
+        def __init__(self, backend: Any, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                     heartbeat_stale_trial_callback: Callable[..., None] | None = None) -> None:
+            super().__init__(backend)
+            if heartbeat_interval is not None and heartbeat_interval < 1:
+                raise ConfigError(f"heartbeat interval must be at least 1 s, got {heartbeat_interval}")
+            self.heartbeat_interval = heartbeat_interval
+            self.grace_period = grace_period or (2 * heartbeat_interval if heartbeat_interval else None)
+            self.heartbeat_stale_trial_callback = heartbeat_stale_trial_callback
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                self.set_trial_system_attr(trial_id, LEASE_ATTR, time.time())
+            except UpdateFinishedTrialError:
+                pass  # another worker failed the trial as stale meanwhile: nothing left to renew
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            stale = []
+            for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                renewed = trial.system_attrs.get(LEASE_ATTR)
+                if renewed is None and trial.datetime_start is not None:
+                    renewed = trial.datetime_start.timestamp()  # local naive time, as the journal stores it
+                if renewed is not None and now - float(renewed) > self.grace_period:
+                    stale.append(trial._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self.heartbeat_interval
+
+        def get_heartbeat_stale_trial_callback(self) -> Callable[..., None] | None:
+            return self.heartbeat_stale_trial_callback
+
+        def __getstate__(self) -> dict[str, Any]:  # JournalStorage pickles without its replay state
+            return super().__getstate__()
+
+    _JournalLeaseStorage.__name__ = _JournalLeaseStorage.__qualname__ = "JournalLeaseStorage"
+    JournalLeaseStorage = _JournalLeaseStorage
+    return JournalLeaseStorage
+
+
+JournalLeaseStorage: type | None = None
+
+
+def open_journal(path: Path, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+                 grace_period: int | None = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY) -> Any:
+    """A journal-file storage (safe on NFS) with leases for stale-trial recovery (none if ``heartbeat_interval``
+    is None: read-only uses)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+    return _lease_storage_class()(JournalFileBackend(str(path)), heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period if heartbeat_interval else None,
+                                  heartbeat_stale_trial_callback=callback)
+
+
 def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
                  grace_period: int | None = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY) -> Any:
-    """An Optuna storage for ``url``: RDB (SQLite, PostgreSQL, MySQL) with heartbeats, or a journal file.
+    """An Optuna storage for ``url``: RDB (SQLite, PostgreSQL, MySQL) with heartbeats, or a journal file
+    with leases (see the module docstring); ``heartbeat_interval=None`` turns both off (read-only uses).
 
-    SQLite files get a 60 s lock timeout and their folder is created. Journal
-    files (safe on NFS) have no heartbeats: a killed worker's trial stays RUNNING.
+    SQLite files get a 60 s lock timeout and their folder is created.
     """
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     journal = journal_path(url)
     if journal is not None:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(journal)))
+        return open_journal(journal, heartbeat_interval, grace_period, max_retry)
     if "://" not in url:
         raise ConfigError(f"storage {url!r} is neither a database URL (sqlite:///file.db, postgresql://...) "
                           "nor a journal file (*.log, journal:///path/file.log)")
@@ -189,6 +277,13 @@ def make_pruner(objective: str, n_startup_trials: int = 3) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def _same_space(stored: dict[str, Any], described: dict[str, Any]) -> bool:
+    """Studies created before spaces were plug-ins stored the E-RADIO description without its name."""
+    if "space" not in stored and described.get("space") == "eradio":
+        described = {k: v for k, v in described.items() if k not in ("space", "family")}
+    return stored == described
+
+
 def open_study(storage: Any, study_name: str, space: SearchSpace | None = None, objective: str = MULTI,
                sampler: Any = None, pruner: Any = None, create: bool = True) -> Any:
     """Create or join study ``study_name``; a worker whose space or objective differs is refused."""
@@ -215,10 +310,10 @@ def open_study(storage: Any, study_name: str, space: SearchSpace | None = None, 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(OBJECTIVE_NAMES[objective])
-        elif stored != described:
-            raise ConfigError(f"study {study_name!r} was created with another search space (resolutions "
-                              f"{stored.get('resolutions')}, or other --limit values); use the same options "
-                              "or another --study-name")
+        elif not _same_space(stored, described):
+            raise ConfigError(f"study {study_name!r} was created with another search space "
+                              f"({stored.get('space', 'eradio')} at resolutions {stored.get('resolutions')}, or other "
+                              "--limit values); use the same options or another --study-name")
     return study
 
 
@@ -295,18 +390,13 @@ def make_trial_check(study: Any, n_trials: int) -> Callable[[Any, Candidate], st
 
 
 def enqueue_variants(study: Any, space: SearchSpace, names: Sequence[str], resolution: int | None = None) -> list[str]:
-    """Queue the paper's variants (``all`` = every one) as the study's first trials; returns those queued."""
-    from eradio.config import ERADIO_VARIANTS
-
-    names = list(ERADIO_VARIANTS) if list(names) == ["all"] else list(names)
-    for name in names:
-        if name.removeprefix("eradio-") not in ERADIO_VARIANTS:
-            raise unknown_name("E-RADIO variant", name, ERADIO_VARIANTS)
-    names = [n.removeprefix("eradio-") for n in names]
-    params = space.variant_params(names, resolution)
-    for name in names:
-        study.enqueue_trial(params[name], user_attrs={"variant": f"eradio-{name}"}, skip_if_exists=True)
-    return names
+    """Queue the space's reference points (the paper's variants; ``all`` = every one) as the study's
+    first trials; returns their backbone names. Already queued or run ones are not queued again."""
+    names = list(names)
+    params = space.variant_params(None if names == ["all"] else names, resolution)
+    for name, values in params.items():
+        study.enqueue_trial(values, user_attrs={"variant": name}, skip_if_exists=True)
+    return list(params)
 
 
 # --------------------------------------------------------------------------- worker
@@ -321,6 +411,7 @@ class WorkerReport:
     pruned: int = 0
     skipped: int = 0
     failed: int = 0
+    diverged: int = 0
     stopped_because: str = ""
     counts: Counts | None = None
 
@@ -366,7 +457,8 @@ def run_worker(study: Any, objective: SearchObjective, n_trials: int, timeout: f
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, n_trials=1, callbacks=[remember], gc_after_trial=True)
+                study.optimize(objective, n_trials=1, callbacks=[remember], gc_after_trial=True,
+                               catch=(TrialDiverged,))
         except (ZooError, KeyboardInterrupt) as err:
             # A user-fixable problem (every trial would fail alike) or a stop request: end this worker.
             # A proxy run stopped by a signal saved its checkpoint: queue its candidate again, so the
@@ -383,11 +475,13 @@ def run_worker(study: Any, objective: SearchObjective, n_trials: int, timeout: f
         trial = finished[-1] if finished else None
         if error is not None or (trial is not None and trial.state == TrialState.FAIL):
             report.failed += 1
+            if trial is not None and "diverged" in trial.user_attrs:
+                report.diverged += 1
             failures += 1
             if on_trial and trial is not None:
                 on_trial(trial)
             if failures >= max_failures_in_row:
-                last = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}" if error else "see the log"
+                last = _failure_reason(error, trial)
                 raise ZooError(f"{failures} trials in a row failed; last error: {last}")
             continue
         failures = 0
@@ -409,6 +503,14 @@ def run_worker(study: Any, objective: SearchObjective, n_trials: int, timeout: f
                 on_trial(trial)
     report.counts = trial_counts(study)
     return report
+
+
+def _failure_reason(error: Exception | None, trial: Any) -> str:
+    if error is not None:
+        return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    if trial is not None and "diverged" in trial.user_attrs:
+        return f"the proxy run diverged ({trial.user_attrs['diverged']}); lower the recipe's learning rate"
+    return "see the log"
 
 
 def _interrupted(err: BaseException) -> bool:
@@ -442,11 +544,46 @@ def pareto_trials(study: Any) -> list[Any]:
     return sorted(front, key=lambda t: (t.user_attrs.get("record", {}).get("fd_loss", 0.0), t.number))
 
 
+def pick_study(storage: Any, study_name: str | None) -> str:
+    """``study_name``, or the storage's only study, or :data:`DEFAULT_STUDY`; an unknown one names the closest."""
+    import optuna
+
+    names = optuna.get_all_study_names(storage)
+    if study_name is None:
+        if len(names) == 1:
+            return names[0]
+        study_name = DEFAULT_STUDY
+    if study_name not in names:
+        raise unknown_name("study", study_name, names)
+    return study_name
+
+
+def study_space(study: Any) -> SearchSpace | None:
+    """The space a study was created with (its stored name and resolutions; limits only narrow it), or None."""
+    from zoo.search.space import make_space
+
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if not isinstance(stored, dict):
+        return None
+    return make_space(stored.get("space", "eradio"), tuple(stored.get("resolutions") or ()) or None)
+
+
+def trial_candidate(space: SearchSpace, trial: Any) -> Candidate:
+    """The candidate a trial evaluated, rebuilt from its parameters."""
+    return space.params_to_candidate(trial.params)
+
+
 def trial_record(trial: Any) -> dict[str, Any]:
-    record = trial.user_attrs.get("record")
-    if not isinstance(record, dict):
+    """The trial's run record (``summary.json`` content; records of older versions in today's layout)."""
+    from zoo.runs import RunRecord
+
+    raw = trial.user_attrs.get("record")
+    if not isinstance(raw, dict):
         raise ConfigError(f"trial {trial.number} has no search record")
-    return record
+    record = RunRecord.from_dict(raw)
+    if record.backbone_config is None and isinstance(record.extra.get("config"), dict):
+        record.backbone_config = record.extra.pop("config")  # schema 1 kept the config as "config"
+    return record.to_dict()
 
 
 def find_trial(study: Any, number: int) -> Any:

@@ -2,8 +2,12 @@
 students, small CPU-friendly family members, and E-RADIO.
 
 Entries are data (:class:`BackboneEntry`); ``create_backbone(name)`` builds
-one behind the contract of :mod:`zoo.backbone`. Other modules (E-RADIO, saved
-search configs) add entries with :func:`register`.
+one behind the contract of :mod:`zoo.backbone`. Plug-in modules (E-RADIO)
+add entries with :func:`register`; a name that is not an entry (a backbone
+file ``my-net.yaml``) is turned into one by a resolver a plug-in registered
+with :func:`register_resolver` (:mod:`zoo.backbones.files`). The registry
+imports plug-ins by module name only, so nothing here imports a plug-in, the
+search or any engine.
 """
 
 from __future__ import annotations
@@ -42,9 +46,18 @@ class BackboneEntry:
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
-# Modules that register more entries when first needed (kept lazy: import cost).
-_PLUGIN_MODULES = ["zoo.backbones.eradio_entries"]
+# Modules that register more entries (or resolvers) when first needed (kept lazy: import cost).
+_PLUGIN_MODULES = ["zoo.backbones.eradio_entries", "zoo.backbones.files"]
 _plugins_loaded = False
+Resolver = Callable[[str], "BackboneEntry | None"]
+_RESOLVERS: list[Resolver] = []
+
+
+def register_resolver(resolver: Resolver) -> Resolver:
+    """Add a function ``name -> BackboneEntry | None`` asked for names that are not registered entries."""
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
+    return resolver
 
 
 def register(entry: BackboneEntry, overwrite: bool = False) -> BackboneEntry:
@@ -143,16 +156,17 @@ def families() -> list[str]:
 def get_entry(name: str) -> BackboneEntry:
     """The entry for ``name``; unknown names fail with the closest matches.
 
-    ``name`` may also be a backbone file (``.yaml``) written by ``zoo search --export``.
+    ``name`` may also be a backbone file (``my-net.yaml``, e.g. from ``zoo search export``): its entry
+    is named by the file's stem.
     """
-    if str(name).lower().endswith((".yaml", ".yml")):
-        from zoo.search.export import file_entry
-
-        return file_entry(name)
     _load_plugins()
-    if name not in _REGISTRY:
-        raise unknown_name("backbone", name, _REGISTRY)
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for resolver in _RESOLVERS:
+        entry = resolver(str(name))
+        if entry is not None:
+            return entry
+    raise unknown_name("backbone", name, _REGISTRY)
 
 
 def create_backbone(name: str, resolution: int | tuple[int, int] | None = None, **overrides: Any) -> Backbone:

@@ -6,11 +6,19 @@ position embeddings. In training, each sample gets a random crop of that grid
 the whole grid is resized to ``max(h, w)`` per side and the top-left ``h×w``
 window is used. So a ViT trained at 224 px runs at any size, non-square
 included. The transformer itself is timm's ``VisionTransformer``.
+
+:class:`VitCpeConfig` is the architecture as data (width, depth, heads, MLP
+ratio, patch size, CPE grid): the registry's ViT-CPE entries, backbone files
+(:mod:`zoo.backbones.files`) and the ViT-CPE search space all build through
+:func:`build_vit_cpe_backbone`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +26,65 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from zoo.backbone import Backbone, BackboneOutput, SizeRule
+from zoo.backbone import Backbone, BackboneOutput, SizeRule, as_hw
+from zoo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class VitCpeConfig:
+    """A ViT-CPE architecture.
+
+    Args:
+        embed_dim: token width (a multiple of ``num_heads``).
+        depth: transformer blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width / token width.
+        patch_size: pixels per patch side (the feature stride).
+        cpe_grid: side of the learned position table (128 in the paper).
+    """
+
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    cpe_grid: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dim", "depth", "num_heads", "patch_size", "cpe_grid"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"ViT-CPE config: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or not self.mlp_ratio > 0:
+            raise ConfigError(f"ViT-CPE config: mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"ViT-CPE config: embed_dim {self.embed_dim} is not a multiple of num_heads "
+                              f"{self.num_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "VitCpeConfig":
+        """A config from a mapping of its fields; an unknown field is a ConfigError naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"ViT-CPE config: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+def build_vit_cpe_backbone(config: VitCpeConfig | Mapping[str, Any], resolution: int | tuple[int, int] = 224,
+                           name: str | None = None, **kwargs: Any) -> "VitCpeBackbone":
+    """Build a ViT-CPE from its config; ``resolution`` is checked against the patch size.
+
+    ``kwargs``: ``drop_path_rate``, ``pretrained_file``.
+    """
+    if not isinstance(config, VitCpeConfig):
+        config = VitCpeConfig.from_dict(config)
+    return VitCpeBackbone(name=name or f"vit-cpe-{config.embed_dim}x{config.depth}-p{config.patch_size}",
+                          resolution=resolution, **config.to_dict(), **kwargs)
 
 
 class CroppedPositionEmbedding(nn.Module):
@@ -114,6 +180,9 @@ class VitCpeBackbone(Backbone):
         self.summary_dim = self.feature_dim = embed_dim
         self.stride = patch_size
         self.size_rule = SizeRule(multiple=patch_size, minimum=patch_size, maximum=patch_size * cpe_grid)
+        self.check_resolution(*as_hw(resolution))  # a size the patches cannot tile fails here, not mid-run
+        self.config = VitCpeConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                   patch_size=patch_size, cpe_grid=cpe_grid)
         if pretrained_file:
             from zoo.checkpoints import load_state_dict_file
 

@@ -1,146 +1,307 @@
-"""``zoo search``: Optuna architecture search over E-RADIO (see :mod:`search`)."""
+"""``zoo search run|space|best|export``: Optuna architecture search (see :mod:`zoo.search`).
+
+Parsing and printing only: each subcommand fills a settings dataclass and calls one small function.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import click
-from rich.table import Table
 
+from zoo.commands.options import RESOLUTIONS, device_option, teacher_option
 from zoo.errors import ConfigError
-from zoo.ui import console, err_console
 
 SAMPLER_CHOICES = ("nsga2", "tpe", "random")
+DEFAULT_STORAGE = "sqlite:///runs/search.db"  # the same as zoo.search.study.DEFAULT_STORAGE (a test checks)
+DEFAULT_SPACE = "eradio"
 
 
-def _space(resolution: int | None, search_resolution: str | None, limits: Sequence[str],
-           default_resolution: int | None = None) -> Any:
-    from zoo.search.space import DEFAULT_RESOLUTION, SearchSpace, parse_limits, parse_resolutions
-
-    if resolution is not None and search_resolution:
-        raise ConfigError("give either --resolution R or --search-resolution R1,R2,..., not both")
-    resolutions = parse_resolutions(search_resolution) or (resolution or default_resolution or DEFAULT_RESOLUTION,)
-    return SearchSpace(resolutions, limits=parse_limits(limits) or None)
+# --------------------------------------------------------------------------- settings
 
 
-def _recipe_resolution(recipe: str | None, overrides: Sequence[str]) -> int:
+@dataclass
+class SpaceSettings:
+    """Which space, at which resolutions (None: the proxy recipe's, or the space's default), narrowed how."""
+
+    space: str = DEFAULT_SPACE
+    resolutions: tuple[int, ...] | None = None
+    limits: Sequence[str] = ()
+
+    def build(self) -> Any:
+        from zoo.search.space import make_space, parse_limits
+
+        return make_space(self.space, self.resolutions, parse_limits(self.limits) or None)
+
+
+@dataclass
+class StudySettings:
+    """Where the study lives."""
+
+    storage: str = DEFAULT_STORAGE
+    study_name: str | None = None  # run: "<space>-search"; best/export: the storage's only study, or that one
+    space: str = DEFAULT_SPACE
+
+    @property
+    def name(self) -> str:
+        from zoo.search.study import default_study
+
+        return self.study_name or default_study(self.space)
+
+    def open_existing(self) -> Any:
+        """The stored study (read-only use: no heartbeats or leases)."""
+        from zoo.search import study as runner
+
+        runner.require_existing(self.storage)
+        storage = runner.open_storage(self.storage, heartbeat_interval=None)
+        return runner.open_study(storage, runner.pick_study(storage, self.study_name), create=False)
+
+
+@dataclass
+class WorkerSettings:
+    """How this worker runs the study."""
+
+    n_trials: int = 20
+    sampler: str | None = None
+    population_size: int | None = None
+    seed: int | None = None
+    enqueue: Sequence[str] = ()
+    timeout: float | None = None
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
+    quiet: bool = False
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _square_resolutions(values: Sequence[tuple[int, int]] | None) -> tuple[int, ...] | None:
+    if not values:
+        return None
+    for height, width in values:
+        if height != width:
+            raise ConfigError(f"search resolutions are square: got {height}x{width}; give {height} or {width}")
+    return tuple(height for height, _ in values)
+
+
+def _recipe_resolution(recipe: str, overrides: Sequence[str]) -> int:
     """The proxy recipe's student resolution: the default search resolution (square only)."""
-    from zoo.search.objective import DEFAULT_RECIPE
     from zoo.recipe import load_recipe
 
-    height, width = load_recipe(recipe or DEFAULT_RECIPE, overrides=list(overrides)).resolution
+    height, width = load_recipe(recipe, overrides=list(overrides)).resolution
     if height != width:
         raise ConfigError(f"the recipe trains at {height}x{width}; the search needs a square resolution: "
                           "give --resolution R")
     return height
 
 
-def _space_table(space: Any) -> Table:
-    table = Table(title=f"E-RADIO search space ({space.size():,} candidates)", title_justify="left")
-    for name, justify in (("parameter", "left"), ("kind", "left"), ("values", "left"), ("meaning", "left")):
-        table.add_column(name, justify=justify)
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value >= 100 else f"{value:.3g}"
+
+
+def _space_table(space: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{space.name} search space ({space.size():,} candidates at "
+                        f"{', '.join(map(str, space.resolutions))} px)", title_justify="left")
+    for name in ("parameter", "kind", "values", "meaning"):
+        table.add_column(name)
     for param in space.params:
         table.add_row(param.name, param.kind, param.describe_values(), param.description)
     return table
 
 
-def _rate(value: float) -> str:
-    return f"{value:.1f}" if value >= 100 else f"{value:.3g}"
+def _best_table(study: Any, trials: Sequence[Any], space: Any | None) -> Any:
+    from rich.table import Table
 
-
-def _config_cells(record: dict[str, Any]) -> list[str]:
-    cfg = record.get("config", {})
-    neck = str(cfg.get("neck_dim")) if cfg.get("neck_dim") else "—"
-    ratios = ",".join(str(r) for r in cfg.get("mra_ratios", []))
-    return [str(cfg.get("dim")), "-".join(str(d) for d in cfg.get("depths", [])),
-            "/".join(str(h) for h in cfg.get("num_heads", [])[2:]),
-            "/".join(str(w) for w in cfg.get("window_size", [])), f"{ratios} {cfg.get('mra_resample', '')}",
-            f"{cfg.get('mlp_ratio')}", neck]
-
-
-def _best_table(study: Any, trials: Sequence[Any]) -> Table:
-    from zoo.search.study import trial_record
+    from zoo.search.study import trial_candidate, trial_record
 
     title = f"Pareto-optimal configurations of study {study.study_name!r} ({len(trials)})"
     table = Table(title=title, title_justify="left")
-    columns = ["trial", "img/s", "FD loss", "params (M)", "GMACs", "res", "d", "depths", "heads 3/4",
-               "windows", "MRA", "mlp", "neck"]
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("MRA", "depths") else "right")
+    rows = []
     for trial in trials:
         record = trial_record(trial)
         throughput = record.get("throughput") or {}
-        resolution = record.get("resolution") or ["?"]
-        table.add_row(str(trial.number), _rate(float(throughput.get("median", 0.0))), f"{record['fd_loss']:.4f}",
-                      f"{record.get('params_m', 0.0):.2f}",
-                      f"{record['gmacs']:.3f}" if record.get("gmacs") is not None else "—",
-                      str(resolution[0]), *_config_cells(record))
+        cells = {"trial": str(trial.number), "img/s": _rate(float(throughput.get("median", 0.0))),
+                 "FD loss": f"{record['fd_loss']:.4f}", "params (M)": f"{record.get('params_m') or 0.0:.2f}",
+                 "GMACs": f"{record['gmacs']:.3f}" if record.get("gmacs") is not None else "—",
+                 "res": str((record.get("resolution") or ["?"])[0])}
+        if space is not None:
+            cells.update(space.describe_candidate(trial_candidate(space, trial)))
+        rows.append(cells)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    for name in columns:
+        table.add_column(name, justify="right" if name in ("img/s", "FD loss", "params (M)", "GMACs") else "left")
+    for row in rows:
+        table.add_row(*[row.get(c, "") for c in columns])
     return table
 
 
-def _show_best(storage: Any, study_name: str, as_json: bool) -> None:
-    from zoo.search.study import open_study, pareto_trials, trial_record
+def _trial_line(trial: Any, eta: str = "") -> str:
+    record = trial.user_attrs.get("record")
+    if "diverged" in trial.user_attrs:
+        return f"trial {trial.number}: diverged (FAIL): {trial.user_attrs['diverged']}"
+    if trial.state.name == "COMPLETE" and record:
+        search = record.get("search") or {}
+        feasible = "" if search.get("feasible", True) else " [infeasible]"
+        return (f"trial {trial.number}: {_rate(record['throughput']['median'])} img/s, FD loss "
+                f"{record['fd_loss']:.4f}, {record['params_m']:.2f}M params{feasible}{eta}")
+    return f"trial {trial.number}: {trial.state.name.lower()}{eta}"
 
-    study = open_study(storage, study_name, create=False)
-    front = pareto_trials(study)
+
+class _HideDiverged(logging.Filter):
+    """Optuna logs a caught TrialDiverged with its traceback; our one line per trial says it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "TrialDiverged" not in record.getMessage()
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def show_space(space: Any, as_json: bool) -> None:
+    from zoo.ui import console
+
     if as_json:
-        click.echo(json.dumps([trial_record(t) for t in front], indent=2))
+        click.echo(json.dumps(space.describe(), indent=2))
+    else:
+        console.print(_space_table(space))
+
+
+def show_best(where: StudySettings, as_json: bool) -> None:
+    from zoo.search import study as runner
+    from zoo.ui import console
+
+    study = where.open_existing()
+    front = runner.pareto_trials(study)
+    if as_json:
+        click.echo(json.dumps([runner.trial_record(t) for t in front], indent=2))
         return
     if not front:
-        console.print(f"study {study_name!r} has no complete feasible trials yet")
+        console.print(f"study {study.study_name!r} has no complete feasible trials yet")
         return
-    console.print(_best_table(study, front))
+    console.print(_best_table(study, front, runner.study_space(study)))
 
 
-def _export(storage: Any, storage_url: str, study_name: str, target: str, trial_number: int | None) -> None:
-    from zoo.search.export import backbone_document, export_path, write_backbone_file
-    from zoo.search.study import find_trial, open_study, pareto_trials, trial_record
+def export_trial(where: StudySettings, target: str, trial_number: int | None) -> Path:
+    from zoo.search.export import export_study_trial
+    from zoo.ui import err_console
 
-    study = open_study(storage, study_name, create=False)
-    if trial_number is None:
-        front = pareto_trials(study)
-        if not front:
-            raise ConfigError(f"study {study_name!r} has no complete feasible trial to export")
-        trial = front[0]  # the lowest FD loss on the front
-    else:
-        trial = find_trial(study, trial_number)
-    record = trial_record(trial)
-    name, path = export_path(target)
-    source = {"storage": storage_url, "study": study_name, "trial": trial.number, "fd_loss": record["fd_loss"],
-              "throughput": (record.get("throughput") or {}).get("median"), "params_m": record.get("params_m"),
-              "gmacs": record.get("gmacs")}
-    document = backbone_document(name, record["config"], record["resolution"][0], source)
-    write_backbone_file(path, document)
+    study = where.open_existing()
+    path, trial, record = export_study_trial(study, target, trial_number, storage_url=where.storage)
     err_console.print(f"wrote {path} (trial {trial.number}: FD loss {record['fd_loss']:.4f}); "
                       f"train it with: zoo distill --backbone {path}")
+    return path
 
 
-def _trial_line(trial: Any) -> str:
-    record = trial.user_attrs.get("record")
-    if trial.state.name == "COMPLETE" and record:
-        feasible = "" if record.get("feasible", True) else " [infeasible]"
-        return (f"trial {trial.number}: {_rate(record['throughput']['median'])} img/s, FD loss "
-                f"{record['fd_loss']:.4f}, {record['params_m']:.2f}M params{feasible}")
-    return f"trial {trial.number}: {trial.state.name.lower()}"
+def run_search(space_settings: SpaceSettings, where: StudySettings, worker: WorkerSettings, objective: Any) -> None:
+    """Join (or create) the study and run trials until its budget is taken."""
+    import optuna
+
+    from zoo.search import study as runner
+    from zoo.search.objective import SearchObjective
+    from zoo.search.preview import sweep_preview
+    from zoo.ui import console, err_console
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of our own instead
+    logging.getLogger("optuna.study._optimize").addFilter(_HideDiverged())
+    if worker.n_trials < 1:
+        raise ConfigError(f"--n-trials must be at least 1, got {worker.n_trials}")
+    if space_settings.resolutions is None and not objective.dry_run:
+        space_settings.resolutions = (_recipe_resolution(objective.recipe, objective.recipe_overrides),)
+    space = space_settings.build()
+    storage = runner.open_storage(where.storage,
+                                  heartbeat_interval=worker.heartbeat_interval or runner.HEARTBEAT_INTERVAL_S,
+                                  grace_period=worker.grace_period or runner.GRACE_PERIOD_S)
+    sampler = runner.make_sampler(worker.sampler, objective.objective, worker.n_trials, seed=worker.seed,
+                                  population_size=worker.population_size)
+    study = runner.open_study(storage, where.name, space, objective.objective, sampler,
+                              runner.make_pruner(objective.objective))
+    if worker.enqueue:
+        names = runner.enqueue_variants(study, space, list(worker.enqueue))
+        err_console.print(f"queued variants: {', '.join(names)}")
+    search_objective = SearchObjective(space, objective, study_name=where.name)
+    preview = sweep_preview(space, objective, worker.n_trials, study)
+    err_console.print(preview.line())
+
+    def on_trial(trial: Any) -> None:
+        if not worker.quiet:
+            err_console.print(_trial_line(trial, preview.eta_after(study, worker.n_trials)))
+
+    report = runner.run_worker(study, search_objective, worker.n_trials, timeout=worker.timeout, on_trial=on_trial)
+    counts = report.counts
+    diverged = f", {report.diverged} diverged" if report.diverged else ""
+    err_console.print(
+        f"worker done ({report.stopped_because}): ran {report.complete} complete, {report.pruned} pruned, "
+        f"{report.failed} failed{diverged}, skipped {report.skipped}; study {where.name!r}: "
+        f"{counts.counted}/{worker.n_trials} trials ({counts.complete} complete, {counts.running} running, "
+        f"{counts.failed} failed)"
+    )
+    if counts.complete and not worker.quiet:
+        front = runner.pareto_trials(study)
+        if front:
+            console.print(_best_table(study, front, space))
 
 
-@click.command("search")
-@click.option("--storage", default=None, metavar="URL",
-              help="Optuna storage: sqlite:///runs/search.db (default), postgresql://..., mysql://..., "
-                   "or a journal file on a shared disk (path.log, journal:///path/file.log).")
-@click.option("--study-name", default=None, metavar="NAME", help="Study (workers of one sweep share it).")
+# --------------------------------------------------------------------------- the commands
+
+_storage_option = click.option(
+    "--storage", default=DEFAULT_STORAGE, show_default=True, metavar="URL",
+    help="Optuna storage: sqlite:///file.db, postgresql://..., mysql://..., or a journal file on a shared "
+         "disk (path.log, journal:///path/file.log).")
+_study_option = click.option("--study-name", default=None, metavar="NAME",
+                             help="Study (workers of one sweep share it) [run: <space>-search; best/export: the "
+                                  "storage's only study, or eradio-search].")
+_space_option = click.option("--space", default=DEFAULT_SPACE, show_default=True, metavar="NAME",
+                             help="Search space (zoo search space --list): eradio, vit-cpe.")
+_resolution_option = click.option(
+    "--resolution", "resolutions", type=RESOLUTIONS, default=None, metavar="R[,R2,...]",
+    help="Square resolution(s) candidates train and are timed at; several = the resolution is searched "
+         "[the recipe's; the space's default for --dry-run].")
+_limit_option = click.option("--limit", "limits", multiple=True, metavar="NAME=V1,V2",
+                             help="Narrow a parameter to some of its values (values holding commas, such "
+                                  "as mra_pattern's 2,1, separated by ';'). Repeatable.")
+
+
+@click.group("search")
+def search_command() -> None:
+    """Architecture search: throughput and proxy FD loss of sampled backbones.
+
+    \b
+    Several `zoo search run` processes with the same --storage and --study-name
+    are workers of one sweep; re-running the command resumes it.
+    \b
+    Examples:
+      zoo search space
+      zoo search space --space vit-cpe --resolution 224
+      zoo search run --n-trials 40 --out runs/search --enqueue-variants all
+      zoo search run --space vit-cpe --resolution 64 --n-trials 12 --dry-run --out runs/vit-search
+      zoo search run --storage journal:///shared/search.log --study-name s1 --n-trials 200
+      zoo pareto runs/search
+      zoo search best
+      zoo search export my-eradio --trial 12
+    """
+
+
+@search_command.command("run")
+@_space_option
+@_storage_option
+@_study_option
 @click.option("--n-trials", default=20, show_default=True, type=int,
               help="Trials of the whole study (all workers together): complete + pruned + in flight.")
-@click.option("--recipe", default=None, metavar="NAME_OR_PATH", help="Proxy distillation recipe [search-proxy].")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
+@click.option("--recipe", default=None, metavar="NAME|PATH", help="Proxy distillation recipe [search-proxy].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value. Repeatable.")
+@teacher_option(help="A teacher of the proxy runs (repeatable), e.g. --teacher dinov2:vit_small_patch14_dinov2 "
+                     "[the recipe's].")
 @click.option("--teacher-cache", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Teacher outputs from a `zoo cache build --recipe search-proxy` cache "
-                   "(same as --set data.teacher_cache=DIR).")
-@click.option("--teachers", default=None, metavar="SPEC,SPEC",
-              help="Teachers of the proxy runs (default: the recipe's).")
-@click.option("--out", default="runs/search", show_default=True, help="Folder of the proxy runs.")
-@click.option("--device", default="auto", show_default=True, help="Device of this worker (auto, cpu, cuda:N).")
+              help="Teacher outputs from `zoo cache build --recipe search-proxy` (= --set data.teacher_cache=DIR).")
+@click.option("--out", default="runs/search", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the trials' runs (one summary.json each; `zoo pareto OUT` draws them).")
+@device_option(help="Device of this worker: auto, cpu, cuda or cuda:N.")
 @click.option("--objective", type=click.Choice(["multi", "fd_loss"]), default="multi", show_default=True,
               help="multi: maximise throughput and minimise FD loss; fd_loss: single objective, with pruning.")
 @click.option("--sampler", type=click.Choice(SAMPLER_CHOICES), default=None,
@@ -149,124 +310,121 @@ def _trial_line(trial: Any) -> str:
 @click.option("--seed", type=int, default=None, help="Sampler seed (give each worker its own).")
 @click.option("--max-params", type=float, default=None, metavar="M", help="Constraint: at most M million params.")
 @click.option("--min-throughput", type=float, default=None, metavar="X", help="Constraint: at least X img/s.")
-@click.option("--resolution", type=int, default=None,
-              help="Resolution (square) candidates train and are timed at [the recipe's; 224 for --dry-run].")
-@click.option("--search-resolution", default=None, metavar="R1,R2", help="Search the resolution among these.")
-@click.option("--limit", "limits", multiple=True, metavar="NAME=V1,V2",
-              help="Narrow a parameter to some of its values (mra_pattern values separated by ';').")
-@click.option("--enqueue-variants", default=None, metavar="xt,s,b|all",
-              help="Evaluate these paper variants first (skipped if already queued).")
-@click.option("--bench-batch", type=int, default=None, help="Batch size of the throughput measurement.")
-@click.option("--bench-repeats", type=int, default=3, show_default=True, help="Timed repeats per candidate.")
-@click.option("--bench-steps", type=int, default=5, show_default=True, help="Forward passes per timed repeat.")
+@_resolution_option
+@_limit_option
+@click.option("--enqueue-variants", "enqueue", default=None, metavar="NAME,NAME|all",
+              help="Evaluate these reference backbones first (eradio: xt,s,b...; vit-cpe: vit-t16-cpe...).")
+@click.option("--bench-batch", type=int, default=None, help="Batch of the throughput measurement [zoo bench's].")
+@click.option("--bench-repeats", type=int, default=None, help="Timed repeats per candidate [zoo bench's].")
+@click.option("--bench-steps", type=int, default=None, help="Forward passes per timed repeat [zoo bench's].")
+@click.option("--bench-warmup", type=int, default=None, help="Untimed passes before timing [zoo bench's].")
 @click.option("--dry-run", is_flag=True,
               help="Surrogate FD loss instead of a distillation (tests the sweep; numbers are not quality).")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep each proxy run's checkpoint.pt (deleted when its trial ends otherwise).")
 @click.option("--timeout", type=float, default=None, help="Stop this worker after this many seconds.")
-@click.option("--heartbeat-interval", type=int, default=None, help="Heartbeat of running trials, s [30].")
-@click.option("--grace-period", type=int, default=None, help="A trial silent this long is failed, s [120].")
-@click.option("--show-space", is_flag=True, help="Print the search space and exit.")
-@click.option("--best", is_flag=True, help="Print the Pareto-optimal (feasible) configurations and exit.")
-@click.option("--export", "export_target", default=None, metavar="NAME_OR_PATH",
-              help="Write a configuration (the best FD loss on the front, or --trial N) as a backbone YAML.")
-@click.option("--trial", "trial_number", type=int, default=None, help="The trial --export writes.")
-@click.option("--json", "as_json", is_flag=True, help="--best / --show-space as JSON.")
+@click.option("--heartbeat-interval", type=int, default=None,
+              help="Heartbeat (RDB) / lease renewal (journal) of running trials, s [30].")
+@click.option("--grace-period", type=int, default=None, help="A trial silent this long is failed and retried, s [120].")
 @click.option("--quiet", is_flag=True, help="No per-trial lines.")
-def search_command(storage: str | None, study_name: str | None, n_trials: int, recipe: str | None,
-                   overrides: tuple[str, ...], teacher_cache: str | None, teachers: str | None, out: str, device: str, objective: str,
-                   sampler: str | None, population_size: int | None, seed: int | None, max_params: float | None,
-                   min_throughput: float | None, resolution: int | None, search_resolution: str | None,
-                   limits: tuple[str, ...], enqueue_variants: str | None, bench_batch: int | None,
-                   bench_repeats: int, bench_steps: int, dry_run: bool, timeout: float | None,
-                   heartbeat_interval: int | None, grace_period: int | None, show_space: bool, best: bool,
-                   export_target: str | None, trial_number: int | None, as_json: bool, quiet: bool) -> None:
-    """Search E-RADIO configurations for throughput and proxy FD loss.
+def run_command(space: str, storage: str, study_name: str | None, n_trials: int, recipe: str | None,
+                overrides: tuple[str, ...], teacher_specs: tuple[str, ...], teacher_cache: str | None, out: str,
+                device: str, objective: str, sampler: str | None, population_size: int | None, seed: int | None,
+                max_params: float | None, min_throughput: float | None, resolutions: Any, limits: tuple[str, ...],
+                enqueue: str | None, bench_batch: int | None, bench_repeats: int | None, bench_steps: int | None,
+                bench_warmup: int | None, dry_run: bool, keep_checkpoints: bool, timeout: float | None,
+                heartbeat_interval: int | None, grace_period: int | None, quiet: bool) -> None:
+    """Run (or join) a search: each trial measures a sampled backbone and distills it briefly.
 
     \b
-    Several processes with the same --storage and --study-name are workers of
-    one sweep; re-running the command resumes it.
+    Every trial writes one run folder under --out whose summary.json (kind
+    search-trial) holds the candidate, its throughput, params, GMACs and FD
+    loss; `zoo pareto OUT` draws the front. Checkpoints are deleted when a
+    trial ends (--keep-checkpoints keeps them); the disk and time a sweep will
+    use are printed before it starts. A trial whose proxy run diverges is
+    FAIL, not a point of the front.
     \b
     Examples:
-      zoo search --show-space
-      zoo search --n-trials 40 --recipe search-proxy --out runs/search
-      zoo cache build --recipe search-proxy --out runs/proxy-cache && zoo search --teacher-cache runs/proxy-cache
-      zoo search --storage journal:///shared/search.log --study-name s1 --n-trials 200
-      zoo search --best
-      zoo search --export my-eradio --trial 12
+      zoo search run --n-trials 40 --out runs/search --enqueue-variants all
+      zoo search run --space vit-cpe --resolution 64 --teacher clip:tiny --teacher dinov2:tiny
+      zoo search run --dry-run --resolution 64 --limit dim=32,48 --n-trials 8
     """
+    from zoo.search.objective import DEFAULT_RECIPE, ObjectiveSettings
+
     if teacher_cache:
         overrides = (*overrides, f"data.teacher_cache={teacher_cache}")
-    from zoo.search import study as runner
+    if dry_run and (recipe or overrides or teacher_specs):
+        raise ConfigError("--dry-run runs no distillation: --recipe, --set, --teacher and --teacher-cache do not apply")
+    bench = {"batch_size": bench_batch, "repeats": bench_repeats, "steps_per_repeat": bench_steps,
+             "warmup": bench_warmup}
+    settings = ObjectiveSettings(recipe=recipe or DEFAULT_RECIPE, recipe_overrides=tuple(overrides),
+                                 teachers=list(teacher_specs) or None, out_dir=Path(out), device=device,
+                                 objective=objective, max_params_m=max_params, min_throughput=min_throughput,
+                                 bench=bench, dry_run=dry_run, keep_checkpoints=keep_checkpoints)
+    worker = WorkerSettings(n_trials=n_trials, sampler=sampler, population_size=population_size, seed=seed,
+                            enqueue=[n.strip() for n in (enqueue or "").split(",") if n.strip()], timeout=timeout,
+                            heartbeat_interval=heartbeat_interval, grace_period=grace_period, quiet=quiet)
+    run_search(SpaceSettings(space, _square_resolutions(resolutions), limits),
+               StudySettings(storage, study_name, space), worker, settings)
 
-    storage_url = storage or runner.DEFAULT_STORAGE
-    study_name = study_name or runner.DEFAULT_STUDY
-    if sum((show_space, best, export_target is not None)) > 1:
-        raise ConfigError("--show-space, --best and --export are separate actions: give one")
-    if trial_number is not None and export_target is None:
-        raise ConfigError("--trial goes with --export")
-    needs_recipe = not (dry_run or show_space or best or export_target is not None)
-    default = _recipe_resolution(recipe, overrides) if needs_recipe and not (resolution or search_resolution) else None
-    space = _space(resolution, search_resolution, limits, default)
-    if show_space:
+
+@search_command.command("space")
+@_space_option
+@_resolution_option
+@_limit_option
+@click.option("--list", "list_all", is_flag=True, help="List the registered spaces.")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def space_command(space: str, resolutions: Any, limits: tuple[str, ...], list_all: bool, as_json: bool) -> None:
+    """Print a search space's parameters (or, with --list, every space).
+
+    \b
+    Examples:
+      zoo search space
+      zoo search space --resolution 224,256 --limit dim=64,96
+      zoo search space --space vit-cpe --json
+    """
+    from zoo.search.space import list_spaces
+    from zoo.ui import console
+
+    if list_all:
+        entries = list_spaces()
         if as_json:
-            click.echo(json.dumps(space.describe(), indent=2))
+            click.echo(json.dumps([{"name": e.name, "description": e.description,
+                                    "default_resolution": e.default_resolution} for e in entries], indent=2))
         else:
-            console.print(_space_table(space))
+            for entry in entries:
+                console.print(f"{entry.name:10s} {entry.description} (default {entry.default_resolution} px)")
         return
-    if best or export_target is not None:
-        runner.require_existing(storage_url)
-        handle = runner.open_storage(storage_url, heartbeat_interval=None)
-        if best:
-            _show_best(handle, study_name, as_json)
-        else:
-            _export(handle, storage_url, study_name, export_target, trial_number)
-        return
-    _run(space, storage_url, study_name, n_trials, recipe, overrides, teachers, out, device, objective, sampler,
-         population_size, seed, max_params, min_throughput, enqueue_variants, bench_batch, bench_repeats, bench_steps,
-         dry_run,
-         timeout, heartbeat_interval, grace_period, quiet)
+    show_space(SpaceSettings(space, _square_resolutions(resolutions), limits).build(), as_json)
 
 
-def _run(space: Any, storage_url: str, study_name: str, n_trials: int, recipe: str | None,
-         overrides: Sequence[str], teachers: str | None, out: str, device: str, objective: str,
-         sampler_name: str | None, population_size: int | None, seed: int | None, max_params: float | None,
-         min_throughput: float | None, enqueue: str | None, bench_batch: int | None, bench_repeats: int,
-         bench_steps: int, dry_run: bool, timeout: float | None, heartbeat_interval: int | None,
-         grace_period: int | None, quiet: bool) -> None:
-    import optuna
+@search_command.command("best")
+@_storage_option
+@_study_option
+@click.option("--json", "as_json", is_flag=True, help="The trials' records as JSON.")
+def best_command(storage: str, study_name: str | None, as_json: bool) -> None:
+    """Print the Pareto-optimal (feasible) configurations of a study.
 
-    from zoo.search import study as runner
-    from zoo.search.objective import DEFAULT_RECIPE, ObjectiveSettings, SearchObjective
+    \b
+    Example:
+      zoo search best --storage sqlite:///runs/search.db --study-name eradio-search
+    """
+    show_best(StudySettings(storage, study_name), as_json)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of our own instead
 
-    if n_trials < 1:
-        raise ConfigError(f"--n-trials must be at least 1, got {n_trials}")
-    if dry_run and (recipe or overrides or teachers):
-        raise ConfigError("--dry-run runs no distillation: --recipe, --set and --teachers do not apply")
-    settings = ObjectiveSettings(
-        recipe=recipe or DEFAULT_RECIPE,
-        recipe_overrides=tuple(overrides),
-        teachers=[t.strip() for t in teachers.split(",") if t.strip()] if teachers else None,
-        out_dir=out, device=device, objective=objective, max_params_m=max_params, min_throughput=min_throughput,
-        bench_batch_size=bench_batch, bench_repeats=bench_repeats, bench_steps=bench_steps, dry_run=dry_run,
-    )
-    storage = runner.open_storage(storage_url, heartbeat_interval=heartbeat_interval or runner.HEARTBEAT_INTERVAL_S,
-                                  grace_period=grace_period or runner.GRACE_PERIOD_S)
-    sampler = runner.make_sampler(sampler_name, objective, n_trials, seed=seed, population_size=population_size)
-    study = runner.open_study(storage, study_name, space, objective, sampler, runner.make_pruner(objective))
-    if enqueue:
-        names = runner.enqueue_variants(study, space, [n.strip() for n in enqueue.split(",") if n.strip()])
-        err_console.print(f"queued variants: {', '.join(names)}")
-    search_objective = SearchObjective(space, settings, study_name=study_name)
-    on_trial = None if quiet else (lambda trial: err_console.print(_trial_line(trial)))
-    report = runner.run_worker(study, search_objective, n_trials, timeout=timeout, on_trial=on_trial)
-    counts = report.counts
-    err_console.print(
-        f"worker done ({report.stopped_because}): ran {report.complete} complete, {report.pruned} pruned, "
-        f"{report.failed} failed, skipped {report.skipped}; study {study_name!r}: {counts.counted}/{n_trials} "
-        f"trials ({counts.complete} complete, {counts.running} running, {counts.failed} failed)"
-    )
-    if counts.complete and not quiet:
-        front = runner.pareto_trials(study)
-        if front:
-            console.print(_best_table(study, front))
+@search_command.command("export")
+@click.argument("target", metavar="NAME|PATH.yaml")
+@_storage_option
+@_study_option
+@click.option("--trial", "trial_number", type=int, default=None,
+              help="The trial to write [the lowest FD loss on the front].")
+def export_command(target: str, storage: str, study_name: str | None, trial_number: int | None) -> None:
+    """Write a trial's configuration as a backbone file that zoo distill/bench accept.
+
+    \b
+    Examples:
+      zoo search export my-eradio                 # -> my-eradio.yaml, the best FD loss on the front
+      zoo search export nets/pick.yaml --trial 12
+      zoo distill --backbone nets/pick.yaml --recipe smoke
+    """
+    export_trial(StudySettings(storage, study_name), target, trial_number)
