@@ -1,8 +1,9 @@
-"""k-NN and zero-shot classification, PCA pictures, run loading and record updates (zoo.evaluate)."""
+"""k-NN and zero-shot (zoo.evaluations), run loading (zoo.loading), PCA pictures (zoo.viz), ``zoo eval``/``zoo viz``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,15 @@ from torch import nn
 from zoo.backbone import Backbone, BackboneOutput, SizeRule
 from zoo.cli import cli
 from zoo.errors import ZooError
-from zoo.evaluate import (DIGITS_SOURCE, KNN_TEMPERATURE, VIZ_LABEL_HEIGHT, class_text_embeddings, embed, evaluate_knn,
-                          evaluate_zeroshot, knn_accuracy, knn_scores, load_labelled, load_run, pca_rgb,
-                          student_embedder, teacher_embedder, topk_accuracy, update_record, zeroshot_probabilities,
-                          zeroshot_templates)
+from zoo.evaluations.embedding import StudentView, TeacherView, embed, student_embedder, teacher_embedder, teacher_view
+from zoo.evaluations.knn import KNN_TEMPERATURE, evaluate_knn, knn_accuracy, knn_scores
+from zoo.evaluations.labelled import DIGITS_SOURCE, LabelledData, Split, load_labelled
+from zoo.evaluations.metrics import topk_accuracy
+from zoo.evaluations.zeroshot import (class_text_embeddings, evaluate_zeroshot, zeroshot_probabilities,
+                                      zeroshot_templates)
+from zoo.loading import LoadedRun, load_run
+from zoo.runs import RunRecord, read_record, update_record
+from zoo.viz import VIZ_LABEL_HEIGHT, pca_rgb
 
 RESOLUTION = 32
 TINY_TEACHERS = ["clip:tiny@32", "dinov2:tiny@28"]
@@ -34,20 +40,18 @@ def _distill(out_dir: Path, name: str, teachers: list[str]) -> Path:
 
     recipe = load_recipe("smoke", RUN_SETTINGS + [f"teachers={json.dumps(teachers)}"])
     record = distill("resnet-18", recipe, out_dir=out_dir, run_name=name, progress=False, device="cpu")
-    return Path(record["run_dir"])
+    return Path(record["run_dir"] if isinstance(record, dict) else record.run_dir)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("runs")
-    return {"both": _distill(out, "both", TINY_TEACHERS), "dino": _distill(out, "dino", ["dinov2:tiny@28"])}
+    return {"both": _distill(out, "both", TINY_TEACHERS)}
 
 
 @pytest.fixture
 def run_dir(runs, tmp_path) -> Path:
     """A private copy of the two-teacher run (tests write into its summary.json)."""
-    import shutil
-
     return Path(shutil.copytree(runs["both"], tmp_path / "run"))
 
 
@@ -69,6 +73,10 @@ def _one_line_error(result) -> str:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     return lines[0]
+
+
+def _raw_pixels(images: torch.Tensor) -> torch.Tensor:
+    return images[:, 0].flatten(1)
 
 
 # --------------------------------------------------------------------------- k-NN
@@ -114,7 +122,7 @@ def test_knn_on_digits_with_raw_pixels_is_accurate():
     data = load_labelled(DIGITS_SOURCE)
     assert (len(data.train), len(data.val)) == (1437, 360)  # stratified 0.2 split of 1797
     assert np.bincount(data.val.labels).min() >= 35  # every class held out in proportion
-    result = evaluate_knn(data, lambda images: images[:, 0].flatten(1), (8, 8), batch_size=512)
+    result = evaluate_knn(data, _raw_pixels, StudentView((8, 8)), batch_size=512)
     assert result["top1"] > 0.9, result
     assert result["top5"] >= result["top1"]
     again = load_labelled(DIGITS_SOURCE)
@@ -136,7 +144,7 @@ def test_labelled_folder_flat_and_train_val(class_folder, tmp_path):
     both = load_labelled(tmp_path)
     assert both.split == "folders" and (len(both.train), len(both.val)) == (2, 2)
     # colour classes are separable: the pipeline through image files works
-    result = evaluate_knn(flat, lambda images: images.mean(dim=(2, 3)) - 0.5, (16, 16), k=3)
+    result = evaluate_knn(flat, lambda images: images.mean(dim=(2, 3)) - 0.5, StudentView((16, 16)), k=3)
     assert result["top1"] == 1.0
 
 
@@ -146,55 +154,159 @@ def test_folder_without_class_subfolders_is_an_error(tmp_path):
         load_labelled(tmp_path)
 
 
+# --------------------------------------------------------------------------- teacher evaluation transform
+
+
+def _photo(path: Path, size_wh: tuple[int, int], seed: int = 0) -> Path:
+    """A smooth, non-square picture: resampling differences show in every pixel."""
+    small = np.random.default_rng(seed).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(small).resize(size_wh, Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+@pytest.mark.parametrize("size_wh", [(97, 61), (50, 120)])
+def test_teacher_view_matches_open_clip_eval_transform(tmp_path, size_wh):
+    from open_clip.transform import image_transform
+
+    from zoo.teachers import build_teacher
+
+    clip = build_teacher("clip:tiny")  # 64 px
+    clip.eval_transform = {"size": clip.resolution, "interpolation": "bicubic", "crop_pct": 1.0}
+    view = teacher_view(clip)
+    assert isinstance(view, TeacherView) and view.size_hw == (64, 64)
+    path = _photo(tmp_path / "photo.png", size_wh)
+    reference = image_transform(64, is_train=False, mean=clip.mean, std=clip.std)(Image.open(path))
+    ours = clip.preprocess(view.load(path)[None])[0]  # resize + crop here, the teacher's mean/std there
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    # the student's view (bilinear, no bicubic) is measurably different: the test can tell them apart
+    student = clip.preprocess(StudentView((64, 64)).load(path)[None])[0]
+    assert (student - reference).abs().max() > 0.02
+
+
+def test_teacher_view_crop_pct_as_timm(tmp_path):
+    from timm.data import create_transform
+
+    path = _photo(tmp_path / "photo.png", (90, 70))
+    view = TeacherView((56, 56), "bicubic", crop_pct=0.875)
+    reference = create_transform(56, is_training=False, interpolation="bicubic", crop_pct=0.875,
+                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(Image.open(path).convert("RGB"))
+    torch.testing.assert_close(view.load(path), reference, rtol=0, atol=1e-6)
+    grey = view.load(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))  # built-in sets: float, no rounding
+    assert grey.shape == (3, 56, 56) and 0.0 <= grey.min() and grey.max() <= 1.0
+
+
+def test_teacher_without_eval_transform_keeps_the_student_view():
+    from zoo.teachers import build_teacher
+
+    teacher = build_teacher("dinov2:tiny")
+    teacher.__dict__.pop("eval_transform", None)
+    if getattr(type(teacher), "eval_transform", None) is None:
+        assert teacher_view(teacher) == StudentView(teacher.resolution)
+    else:
+        assert isinstance(teacher_view(teacher), TeacherView)
+
+
 # --------------------------------------------------------------------------- zero-shot
 
 
-class TeacherAsBackbone(Backbone):
-    """A 'student' whose summary is the CLIP teacher's own image embedding."""
+class PixelRowBackbone(Backbone):
+    """A 'student' whose summary is the first pixel row of channel 0 (the image encodes its own embedding)."""
 
-    name = "teacher-as-backbone"
-    stride = 16
-    size_rule = SizeRule(multiple=16, minimum=16)
+    name = "pixel-row"
+    stride = 8
+    size_rule = SizeRule(multiple=8, minimum=8)
 
-    def __init__(self, teacher: nn.Module) -> None:
+    def __init__(self, width: int = 8) -> None:
         super().__init__()
-        self.teacher = teacher
-        self.summary_dim, self.feature_dim = teacher.summary_dim, teacher.feature_dim
+        self.summary_dim, self.feature_dim = width, 2
+        self.scale = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> BackboneOutput:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        images = x * torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_DEFAULT_MEAN).view(
-            1, 3, 1, 1)  # undo the student normalisation: the teacher normalises itself
-        return BackboneOutput(*self.teacher(images))
+        row = x[:, 0, 0, :] * IMAGENET_DEFAULT_STD[0] + IMAGENET_DEFAULT_MEAN[0]  # undo the student normalisation
+        return BackboneOutput(self.scale * row, x[:, :2, ::8, ::8])
 
 
-def test_zeroshot_distribution_and_teacher_equivalence():
-    from zoo.heads import AdaptorHeads
+class StubClip:
+    """CLIP-like text tower: a prompt about class c embeds to e_c (+ a template-dependent shared part)."""
+
+    kind = "clip"
+
+    def __init__(self, class_names: list[str], dim: int = 8) -> None:
+        self.class_names, self.dim = class_names, dim
+
+    def encode_text(self, texts, normalize=True):
+        rows = []
+        for text in texts:
+            row = torch.zeros(self.dim)
+            row[[i for i, name in enumerate(self.class_names) if f" {name}" in f" {text}"][0]] = 1.0
+            row[self.dim - 1] = 0.05 * (len(text) % 3)  # templates differ; the class mean stays on e_c
+            rows.append(row / row.norm() if normalize else row)
+        return torch.stack(rows)
+
+
+def _loaded(backbone: Backbone, heads: nn.Module, standardizers=None) -> LoadedRun:
+    record = RunRecord(run_id="handmade", backbone=backbone.name, resolution=[8, 8],
+                       teachers=[{"name": "clip", "kind": "clip", "spec": "clip:tiny", "summary_dim": 8,
+                                  "feature_dim": 2}])
+    return LoadedRun(backbone.eval(), heads.eval(), [], None, record, Path("."), torch.device("cpu"),
+                     standardizers or {})
+
+
+def test_zeroshot_known_answer():
+    """Each image carries its embedding; the right class and its rank are known, so top-1/top-5 are exact."""
+    from zoo.heads import AdaptorHeads, TeacherDims
+
+    names = ["cat", "dog", "car", "tree", "boat", "lamp", "fish"]
+    e = torch.eye(8)
+    embeddings, labels, expected_top1 = [], [], []
+    for c in range(7):
+        a, b = (c + 1) % 7, (c + 2) % 7
+        others = [o for o in range(7) if o not in (c, a)]
+        embeddings += [e[c], e[c] + 0.4 * e[a],  # right: top-1
+                       e[a] + 0.6 * e[b] + 0.3 * e[c],  # class c ranked third: a top-5 hit, a top-1 miss
+                       e[a] + 0.2 * e[others].sum(0)]  # class c ranked last of 7: missed by both
+        labels += [c] * 4
+        expected_top1 += [c, c, a, a]
+    items = []
+    for v in embeddings:
+        picture = np.zeros((8, 8), dtype=np.float32)
+        picture[0] = (v / v.max()).numpy()  # row 0 holds the embedding (scale does not change a cosine)
+        items.append(picture)
+    data = LabelledData("known", names, Split(items[:1], np.array(labels[:1])), Split(items, np.array(labels)),
+                        "folders", names)
+
+    heads = AdaptorHeads(8, 2, [TeacherDims("clip", 8, 2)])
+    heads.summary_heads["clip"] = nn.Identity()  # the head's prediction is the backbone summary itself
+    run = _loaded(PixelRowBackbone(), heads)
+    clip = StubClip(names)
+    result = evaluate_zeroshot(data, student_embedder(run, "clip", (8, 8)), clip, StudentView((8, 8)),
+                               templates=zeroshot_templates("simple"))
+    assert (result["top1"], result["top5"]) == (0.5, 0.75)
+    text = class_text_embeddings(clip, names, zeroshot_templates("simple"))
+    images = embed(items, student_embedder(run, "clip", (8, 8)), StudentView((8, 8)))
+    probabilities = zeroshot_probabilities(images, text)
+    assert probabilities.argmax(dim=1).tolist() == expected_top1
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(len(items)))
+
+
+def test_zeroshot_teacher_and_its_embeddings():
     from zoo.teachers import build_teacher
 
     clip = build_teacher("clip:tiny")
-    data = load_labelled(DIGITS_SOURCE, per_class=4)
+    data = load_labelled(DIGITS_SOURCE, per_class=2)
     templates = zeroshot_templates()
     assert templates[0] == "a photo of a {}." and len(templates) > 3
     text = class_text_embeddings(clip, data.class_names, templates)
     assert text.shape == (10, clip.summary_dim)
     torch.testing.assert_close(text.norm(dim=1), torch.ones(10))
-
-    images = torch.stack([torch.rand(3, 64, 64) for _ in range(5)])
-    probabilities = zeroshot_probabilities(clip(images).summary, text)
-    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(5))
-    assert (probabilities >= 0).all()
-
-    own = evaluate_zeroshot(data, teacher_embedder(clip), clip, clip.resolution, templates=templates)
-    assert 0.0 <= own["top1"] <= own["top5"] <= 1.0
-    heads = AdaptorHeads(clip.summary_dim, clip.feature_dim, [clip])
-    heads.summary_heads["clip"] = nn.Identity()  # the "student head" is replaced by the teacher embedding
-    student = student_embedder(TeacherAsBackbone(clip), heads, "clip", clip.resolution, torch.device("cpu"))
-    as_student = evaluate_zeroshot(data, student, clip, clip.resolution, templates=templates)
-    torch.testing.assert_close(embed(data.val.items, student, clip.resolution),
-                               embed(data.val.items, teacher_embedder(clip), clip.resolution), rtol=1e-4, atol=1e-5)
-    assert (as_student["top1"], as_student["top5"]) == (own["top1"], own["top5"])
+    view = teacher_view(clip)
+    result = evaluate_zeroshot(data, teacher_embedder(clip), clip, view, templates=templates)
+    images = embed(data.val.items, teacher_embedder(clip), view)
+    by_hand = topk_accuracy(zeroshot_probabilities(images, text), torch.from_numpy(data.val.labels))
+    assert (result["top1"], result["top5"]) == (by_hand[1], by_hand[5])
+    assert result["resolution"] == list(clip.resolution)
 
 
 # --------------------------------------------------------------------------- runs
@@ -203,17 +315,21 @@ def test_zeroshot_distribution_and_teacher_equivalence():
 def test_load_run_restores_the_trained_student(runs):
     from zoo.checkpoints import load_checkpoint
 
-    backbone, heads, teachers, recipe, record = load_run(runs["both"])
-    assert [t.name for t in teachers] == ["clip", "dinov2"] and recipe.train.steps == 2
+    run = load_run(runs["both"])
+    assert [t.name for t in run.teachers] == ["clip", "dinov2"] and run.recipe.train.steps == 2
     state = load_checkpoint(runs["both"] / "checkpoint.pt")
-    for key, value in backbone.state_dict().items():
+    for key, value in run.backbone.state_dict().items():
         torch.testing.assert_close(value, state["backbone"][key])
-    assert not backbone.training and record["backbone"] == "resnet-18"
-    x = torch.rand(2, 3, RESOLUTION, RESOLUTION)
-    out = heads(backbone(x))
-    assert out["clip"].summary.shape == (2, 64)
-    built = load_run(runs["both"], build_teachers=True)[2]
+    assert not run.backbone.training and run.record.backbone == "resnet-18" and run.resolution == (32, 32)
+    images = torch.rand(2, 3, 48, 40)
+    out, adaptors = run(images)
+    assert adaptors["clip"].summary.shape == (2, 64) and out.summary.shape[0] == 2
+    torch.testing.assert_close(run.summary(images, "clip"), adaptors["clip"].summary)
+    torch.testing.assert_close(run.summary(images), out.summary)
+    assert run.standardizers == {}  # trained on raw targets: heads' outputs are the teacher space as they are
+    built = load_run(runs["both"], build_teachers=True).teachers
     assert built[0].kind == "clip" and built[0].is_random
+    assert load_run(runs["both"].name, out_dir=runs["both"].parent).run_dir == runs["both"]  # a run id works
 
 
 def test_update_record_is_pareto_readable(run_dir):
@@ -232,7 +348,7 @@ def test_update_record_is_pareto_readable(run_dir):
 def test_cli_knn_records_result(run_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["eval", "knn", str(run_dir), "--data", DIGITS_SOURCE, "--per-class", "3",
-                                 "--json", str(tmp_path / "knn.json")])
+                                 "--json", str(tmp_path / "knn.json"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     record = json.loads((run_dir / "summary.json").read_text())
     printed = json.loads((tmp_path / "knn.json").read_text())
@@ -251,6 +367,22 @@ def test_cli_knn_records_result(run_dir, tmp_path):
     assert record["knn_top1"] == printed["top1"]  # the backbone's figure is kept
 
 
+def test_cli_knn_scores_each_teacher(run_dir, tmp_path):
+    """--teacher is repeatable; each teacher is scored through its own view, the run's record untouched."""
+    before = (run_dir / "summary.json").read_text()
+    out = tmp_path / "knn.json"
+    result = CliRunner().invoke(cli, ["eval", "knn", "--teacher", "clip:tiny", "--teacher", "dinov2:tiny",
+                                      "--per-class", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert [r["teacher"] for r in results] == ["clip:tiny", "dinov2:tiny"]
+    assert [r["resolution"] for r in results] == [[64, 64], [70, 70]]  # each teacher's own size
+    assert (run_dir / "summary.json").read_text() == before
+    # a typo in the second spec fails before the first teacher is scored
+    assert "unknown teacher kind" in _one_line_error(CliRunner().invoke(
+        cli, ["eval", "knn", "--teacher", "clip:tiny", "--teacher", "clipp:tiny", "--per-class", "2"]))
+
+
 def test_cli_zeroshot_student_and_teacher(run_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["eval", "zeroshot", str(run_dir), "--per-class", "2", "--templates", "photo"])
@@ -262,21 +394,33 @@ def test_cli_zeroshot_student_and_teacher(run_dir, tmp_path):
                                  "--json", str(tmp_path / "zs.json")])
     assert result.exit_code == 0, result.output
     assert 0.0 <= json.loads((tmp_path / "zs.json").read_text())["top1"] <= 1.0
+    assert "needs a CLIP teacher" in _one_line_error(
+        runner.invoke(cli, ["eval", "zeroshot", "--teacher", "dinov2:tiny", "--per-class", "2"]))
 
 
-def test_cli_bad_input_is_one_line(runs, run_dir, tmp_path):
+def test_cli_bad_input_is_one_line(run_dir, tmp_path):
     runner = CliRunner()
+    dino_only = Path(shutil.copytree(run_dir, tmp_path / "dino-only"))
+    record = json.loads((dino_only / "summary.json").read_text())
+    record["teachers"] = [t for t in record["teachers"] if t["kind"] != "clip"]
+    (dino_only / "summary.json").write_text(json.dumps(record))
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (10, 10)).save(tmp_path / "flat" / "a.png")
     assert "no class sub-folders" in _one_line_error(
         runner.invoke(cli, ["eval", "knn", str(run_dir), "--data", str(tmp_path / "flat")]))
     assert "no CLIP teacher head" in _one_line_error(
-        runner.invoke(cli, ["eval", "zeroshot", str(runs["dino"]), "--per-class", "2"]))
+        runner.invoke(cli, ["eval", "zeroshot", str(dino_only), "--per-class", "2"]))
     assert "unknown head 'clipp'" in _one_line_error(
         runner.invoke(cli, ["eval", "knn", str(run_dir), "--head", "clipp", "--per-class", "2"]))
-    assert "exactly one" in _one_line_error(runner.invoke(cli, ["eval", "knn", "--per-class", "2"]))
-    assert "run record" in _one_line_error(runner.invoke(cli, ["eval", "knn", str(tmp_path), "--per-class", "2"]))
+    assert "--head applies" in _one_line_error(
+        runner.invoke(cli, ["eval", "knn", "--teacher", "clip:tiny", "--head", "clip"]))
+    assert "give a RUN" in _one_line_error(runner.invoke(cli, ["eval", "knn", "--per-class", "2"]))
+    assert "no summary.json" in _one_line_error(runner.invoke(cli, ["eval", "knn", str(tmp_path), "--per-class", "2"]))
     assert "cannot take 30x30" in _one_line_error(runner.invoke(cli, ["viz", str(run_dir), "--resolutions", "30"]))
+    for args, message in ((["eval", "knn", str(run_dir), "--device", "tpu"], "is not a device"),
+                          (["viz", str(run_dir), "--resolutions", "64,0"], "must be positive")):
+        result = runner.invoke(cli, args)  # click's usage errors (shared option types): exit 2, the reason
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 # --------------------------------------------------------------------------- viz
@@ -302,10 +446,11 @@ def test_cli_viz_writes_grid_png(run_dir, tmp_path):
             images / f"{i}.png")
     out, cell = tmp_path / "pca.png", 20
     result = CliRunner().invoke(cli, ["viz", str(run_dir), "--images", str(images), "--out", str(out),
-                                      "--resolutions", "32,64", "--cell", str(cell), "--pca", "per-image"])
+                                      "--resolutions", "32,64x32", "--cell", str(cell), "--pca", "per-image"])
     assert result.exit_code == 0, result.output
     columns = 2 * 4  # per resolution: input | backbone | head clip | head dinov2
     assert Image.open(out).size == (columns * cell, VIZ_LABEL_HEIGHT + 2 * cell)
+    assert "@64x32" in result.output
     result = CliRunner().invoke(cli, ["viz", str(run_dir), "--images", str(images), "--out", str(out),
                                       "--cell", str(cell), "--with-teachers", "--no-labels"])
     assert result.exit_code == 0, result.output
@@ -321,6 +466,6 @@ def test_cli_export_digits_round_trip(tmp_path):
     assert exported.split == "folders" and exported.classes == reference.classes
     assert (len(exported.train), len(exported.val)) == (len(reference.train), len(reference.val))
     np.testing.assert_array_equal(np.sort(exported.val.labels), np.sort(reference.val.labels))
-    result = evaluate_knn(exported, lambda images: images[:, 0].flatten(1), (8, 8), batch_size=512)
+    result = evaluate_knn(exported, _raw_pixels, StudentView((8, 8)), batch_size=512)
     assert result["top1"] > 0.9
     assert "not empty" in _one_line_error(CliRunner().invoke(cli, ["eval", "export-digits", str(folder)]))

@@ -1,41 +1,67 @@
-"""``zoo eval``: k-NN and zero-shot classification of distilled students and of teachers."""
+"""``zoo eval``: quality of distilled students (run folders) and of teachers.
+
+Each evaluation is one small subcommand of :data:`eval_group`; the shared
+option sets below (:func:`target_options`, :func:`labelled_options`,
+:func:`output_options`) and helpers (:func:`record_result`) keep a new one
+short. An evaluation in another module joins with ``eval_group.add_command(...)``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 from rich.table import Table
 
+from zoo.commands.options import RESOLUTION, device_option, teacher_option
 from zoo.errors import ConfigError, ZooError
-from zoo.evaluate import (DIGITS_SOURCE, EMBED_BATCH_SIZE, KNN_K, KNN_TEMPERATURE, SPLIT_SEED, VAL_FRACTION,
-                          clip_head_name)
+from zoo.evaluations.embedding import EMBED_BATCH_SIZE
+from zoo.evaluations.knn import KNN_K, KNN_TEMPERATURE
+from zoo.evaluations.labelled import DIGITS_SOURCE, SPLIT_SEED, VAL_FRACTION
+from zoo.evaluations.zeroshot import TEMPLATE_SETS
 from zoo.ui import console, err_console
-
-TEMPLATE_SETS = ("simple", "openai", "photo")
 
 
 @click.group("eval")
 def eval_group() -> None:
-    """k-NN and zero-shot classification of students (run folders) and teachers.
+    """Quality of students (run folders) and teachers: k-NN, zero-shot, segmentation probe.
 
     \b
     Examples:
       zoo eval knn runs/resnet-18-smoke-... --data sklearn:digits
       zoo eval knn runs/resnet-18-smoke-... --data ~/imagenette --head clip
-      zoo eval knn --teacher clip:tiny --data sklearn:digits
+      zoo eval knn --teacher clip:tiny --teacher dinov2:tiny --data sklearn:digits
       zoo eval zeroshot runs/resnet-18-smoke-... --data sklearn:digits
+      zoo eval seg runs/resnet-18-smoke-... --data /data/ade --format ade20k
       zoo eval export-digits digits/
     """
 
 
-def _common(fn: Callable) -> Callable:
-    options = [
-        click.argument("run_dir", required=False, type=click.Path(path_type=Path)),
-        click.option("--teacher", "teacher_spec", default=None, metavar="SPEC",
-                     help="Score this teacher instead of a run (e.g. clip:tiny, dinov2:vit_small_patch14_dinov2)."),
+# --------------------------------------------------------------------------- shared options
+
+
+def _apply(options: Sequence[Callable], fn: Callable) -> Callable:
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def target_options(fn: Callable) -> Callable:
+    """``[RUN]`` (a run folder or id), ``--teacher SPEC`` (repeatable) and ``--device``."""
+    return _apply([
+        click.argument("run", required=False, metavar="[RUN]"),
+        teacher_option("Also score this teacher (repeatable), e.g. --teacher clip:tiny; its own evaluation "
+                       "transform (bicubic resize + centre crop, its mean/std) is used."),
+        device_option(),
+    ], fn)
+
+
+def labelled_options(fn: Callable) -> Callable:
+    """The labelled data set and its split (k-NN, zero-shot)."""
+    return _apply([
         click.option("--data", default=DIGITS_SOURCE, show_default=True, metavar="FOLDER|sklearn:digits",
                      help="A folder with one sub-folder per class (or train/ and val/ sub-folders), or "
                           f"{DIGITS_SOURCE} (ships with scikit-learn)."),
@@ -44,168 +70,243 @@ def _common(fn: Callable) -> Callable:
         click.option("--seed", default=SPLIT_SEED, show_default=True, type=int, help="Seed of the split."),
         click.option("--per-class", default=None, type=click.IntRange(min=1), metavar="N",
                      help="Keep at most N images per class in each split (quick checks)."),
-        click.option("--resolution", default=None, metavar="N|HxW",
-                     help="Student input size (default: the run's resolution)."),
+        click.option("--resolution", default=None, type=RESOLUTION, metavar="N|HxW",
+                     help="Student input size (default: the run's resolution; teachers use their own)."),
         click.option("--batch-size", default=EMBED_BATCH_SIZE, show_default=True, type=click.IntRange(min=1)),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ], fn)
+
+
+def output_options(fn: Callable) -> Callable:
+    """``--json PATH`` and ``--no-record``."""
+    return _apply([
         click.option("--json", "json_path", default=None, type=click.Path(path_type=Path),
-                     help="Also write the result as JSON here."),
+                     help="Also write the result as JSON here (a list when several targets are scored)."),
         click.option("--no-record", is_flag=True, help="Do not add the result to the run's summary.json."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    ], fn)
 
 
-def _check_target(run_dir: Path | None, teacher_spec: str | None) -> None:
-    if (run_dir is None) == (teacher_spec is None):
-        raise ConfigError("give either a RUN_DIR or --teacher SPEC (exactly one)")
+# --------------------------------------------------------------------------- shared helpers
+
+
+def check_targets(run: str | None, teacher_specs: Sequence[str], head: str | None = None) -> None:
+    """At least one target; ``--head`` only with a run; every teacher spec parses (before any work)."""
+    from zoo.teachers import parse_teacher_spec
+
+    if run is None and not teacher_specs:
+        raise ConfigError("give a RUN, one or more --teacher SPEC, or both")
+    if head is not None and run is None:
+        raise ConfigError("--head applies to a run's student, not to --teacher")
+    for spec in teacher_specs:
+        parse_teacher_spec(spec)
+
+
+def open_record(run: str):
+    """``(run folder, record)`` of ``run`` without loading the model (fails fast on a bad folder or record)."""
+    from zoo.runs import open_run
+
+    opened = open_run(run)
+    return opened.root, opened.record
 
 
 @contextlib.contextmanager
-def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """One task of the shared progress bar; yields ``advance(n)``."""
+    from zoo.progress import progress_bar
 
-    bar = Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=err_console, transient=True)
-    with bar:
-        task = bar.add_task(description, total=total)
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(description, total=total, info="")
         yield lambda n: bar.update(task, advance=n)
 
 
-def _result_table(title: str, result: dict[str, Any]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("top-1", "top-5", "dataset", "classes", "train", "val", "resolution", "settings"):
-        table.add_column(column, justify="right" if column.startswith("top") else "left")
-    settings = (f"k={result['k']} T={result['temperature']:g}" if "k" in result
-                else f"{result['templates']} templates")
-    table.add_row(f"{result['top1']:.4f}", f"{result['top5']:.4f}", str(result["dataset"]), str(result["classes"]),
-                  str(result["train_images"]), str(result["val_images"]),
-                  "x".join(str(v) for v in result["resolution"]), settings)
-    return table
-
-
-def _write_json(path: Path | None, result: dict[str, Any]) -> None:
+def write_json(path: Path | None, results: Sequence[dict[str, Any]]) -> None:
     if path is not None:
         from zoo.atomic import atomic_write_json
 
-        atomic_write_json(path, result)
+        atomic_write_json(path, results[0] if len(results) == 1 else list(results))
         err_console.print(f"wrote {path}", highlight=False)
 
 
-def _student(run_dir: Path, device_spec: str, resolution: str | None, head: str | None):
-    """``(loaded run, embedder, input size, device)``."""
-    from zoo.backbone import as_hw
-    from zoo.evaluate import check_head, open_run, resolve_device, student_embedder
+def record_result(run_dir: Path, metrics: dict[str, float], evaluation: dict[str, Any]) -> None:
+    """Add ``metrics`` and one ``evaluations`` entry to the run's summary.json (atomic)."""
+    from zoo.runs import SUMMARY_FILE, update_record
 
-    device = resolve_device(device_spec)
-    run = open_run(run_dir, device)
-    check_head(run.record, head)
-    size_hw = as_hw(resolution) if resolution else as_hw(run.record["resolution"])
-    run.backbone.check_resolution(*size_hw)
-    return run, student_embedder(run.backbone, run.heads, head, size_hw, device), size_hw, device
+    update_record(run_dir, metrics, evaluation)
+    err_console.print(f"added {', '.join(metrics)} to {run_dir / SUMMARY_FILE}", highlight=False)
 
 
-def _teacher(spec: str, device_spec: str):
-    from zoo.evaluate import resolve_device, teacher_embedder
-    from zoo.teachers import build_teacher
-
-    teacher = build_teacher(spec, resolve_device(device_spec), offline=True)
-    return teacher, teacher_embedder(teacher), tuple(teacher.resolution)
-
-
-def _random_note(random: bool) -> None:
+def random_note(random: bool) -> None:
     if random:
         err_console.print("[yellow]note:[/yellow] random (untrained) teacher involved: "
                           "these numbers test the machinery, not a model", highlight=False)
 
 
+@dataclass
+class Target:
+    """One thing to score: a run's student (through a head or not) or a teacher."""
+
+    who: str
+    embedder: Callable
+    view: Any  # zoo.evaluations.embedding.ImageView
+    random: bool
+    teacher: Any = None  # the built teacher (teacher targets; the run's CLIP teacher for zero-shot)
+    spec: str | None = None
+
+
+def student_target(run_dir: Path, device: Any, resolution: tuple[int, int] | None, head: str | None):
+    """``(loaded run, target)``: the run's student at ``resolution`` (default: its own)."""
+    from zoo.evaluations.embedding import StudentView, student_embedder
+    from zoo.loading import load_run
+
+    loaded = load_run(run_dir, device)
+    if head is not None:
+        loaded.check_head(head)
+    size_hw = tuple(resolution) if resolution else loaded.resolution
+    loaded.backbone.check_resolution(*size_hw)
+    who = f"{loaded.record.backbone} ({'head ' + head if head else 'backbone'} summary)"
+    return loaded, Target(who, student_embedder(loaded, head, size_hw), StudentView(size_hw),
+                          bool(loaded.record.random_teacher))
+
+
+def teacher_target(spec: str, device: Any) -> Target:
+    from zoo.evaluations.embedding import teacher_embedder, teacher_view
+    from zoo.teachers import build_teacher
+
+    teacher = build_teacher(spec, device, offline=True)
+    return Target(f"teacher {spec}", teacher_embedder(teacher), teacher_view(teacher), teacher.is_random, teacher, spec)
+
+
+def _result_table(title: str, results: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("target", "top-1", "top-5", "dataset", "classes", "train", "val", "resolution", "settings"):
+        table.add_column(column, justify="right" if column.startswith("top") else "left")
+    for result in results:
+        settings = (f"k={result['k']} T={result['temperature']:g}" if "k" in result
+                    else f"{result['templates']} templates")
+        table.add_row(str(result["target"]), f"{result['top1']:.4f}", f"{result['top5']:.4f}", str(result["dataset"]),
+                      str(result["classes"]), str(result["train_images"]), str(result["val_images"]),
+                      "x".join(str(v) for v in result["resolution"]), settings)
+    return table
+
+
+def _settings(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("top1", "top5", "dataset", "split", "classes", "train_images", "val_images", "resolution", "transform",
+            "k", "temperature", "templates")
+    return {key: result[key] for key in keys if key in result}
+
+
+# --------------------------------------------------------------------------- k-NN
+
+
 @eval_group.command("knn")
-@_common
+@target_options
+@labelled_options
+@output_options
 @click.option("--head", default=None, metavar="NAME",
               help="Embed with this teacher head's summary (e.g. clip) instead of the backbone's summary.")
 @click.option("-k", "--k", "k", default=KNN_K, show_default=True, type=click.IntRange(min=1),
               help="Neighbours that vote.")
-@click.option("--temperature", default=KNN_TEMPERATURE, show_default=True, type=float,
+@click.option("--temperature", default=KNN_TEMPERATURE, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Vote weight exp(similarity / T).")
-def knn_command(run_dir: Path | None, teacher_spec: str | None, data: str, val_fraction: float, seed: int,
-                per_class: int | None, resolution: str | None, batch_size: int, device: str, json_path: Path | None,
-                no_record: bool, head: str | None, k: int, temperature: float) -> None:
-    """Weighted k-NN top-1/top-5 (DINO's protocol) of a run's student or of a teacher."""
-    from zoo.evaluate import evaluate_knn, load_labelled, update_record
+def knn_command(run: str | None, teacher_specs: tuple[str, ...], device: str, data: str, val_fraction: float,
+                seed: int, per_class: int | None, resolution: tuple[int, int] | None, batch_size: int,
+                json_path: Path | None, no_record: bool, head: str | None, k: int, temperature: float) -> None:
+    """Weighted k-NN top-1/top-5 (DINO's protocol) of a run's student and/or of teachers."""
+    from zoo.devices import resolve_device
+    from zoo.evaluations.knn import evaluate_knn
+    from zoo.evaluations.labelled import load_labelled
+    from zoo.loading import teacher_info
 
-    _check_target(run_dir, teacher_spec)
-    if teacher_spec is not None and head is not None:
-        raise ConfigError("--head applies to a run's student, not to --teacher")
+    check_targets(run, teacher_specs, head)
+    run_dir = None
+    if run is not None:
+        run_dir, record = open_record(run)
+        if head is not None:
+            teacher_info(record, head)  # a typo fails before anything heavy
     labelled = load_labelled(data, val_fraction, seed, per_class)
+    dev = resolve_device(device)
+    results = []
+
+    def score(target: Target) -> dict[str, Any]:
+        with progress(f"k-NN {target.who}", len(labelled.train) + len(labelled.val)) as advance:
+            result = evaluate_knn(labelled, target.embedder, target.view, k, temperature, batch_size, advance)
+        result.update(target=target.who, head=head if target.spec is None else None, teacher=target.spec)
+        random_note(target.random)
+        return result
+
     if run_dir is not None:
-        run, embedder, size_hw, _ = _student(run_dir, device, resolution, head)
-        who, random = f"{run.record.get('backbone')} ({head or 'backbone'} summary)", run.record.get("random_teacher")
-    else:
-        teacher, embedder, size_hw = _teacher(teacher_spec, device)
-        who, random = f"teacher {teacher_spec}", teacher.is_random
-    with _progress(f"k-NN {who}", len(labelled.train) + len(labelled.val)) as advance:
-        result = evaluate_knn(labelled, embedder, size_hw, k, temperature, batch_size, advance)
-    result.update(target=who, head=head, teacher=teacher_spec)
-    console.print(_result_table(f"k-NN: {who}", result))
-    _random_note(bool(random))
-    _write_json(json_path, result)
+        _, target = student_target(run_dir, dev, resolution, head)
+        results.append(score(target))
+    for spec in teacher_specs:
+        results.append(score(teacher_target(spec, dev)))  # one teacher in memory at a time
+    console.print(_result_table("k-NN", results))
+    write_json(json_path, results)
     if run_dir is not None and not no_record:
         prefix = "knn" if head is None else f"knn_{head}"  # knn_top1 is always the backbone's own summary
-        update_record(run_dir, {f"{prefix}_top1": result["top1"], f"{prefix}_top5": result["top5"]},
-                      {"kind": "knn", "head": head or "backbone", **_settings(result)})
-        err_console.print(f"added {prefix}_top1/{prefix}_top5 to {run_dir / 'summary.json'}", highlight=False)
+        record_result(run_dir, {f"{prefix}_top1": results[0]["top1"], f"{prefix}_top5": results[0]["top5"]},
+                      {"kind": "knn", "head": head or "backbone", **_settings(results[0])})
+
+
+# --------------------------------------------------------------------------- zero-shot
 
 
 @eval_group.command("zeroshot")
-@_common
+@target_options
+@labelled_options
+@output_options
 @click.option("--classes", default=None, metavar="NAMES|FILE",
               help="Class names for the prompts: comma-separated or a file, one per line "
                    "(default: folder names; digits: zero..nine).")
 @click.option("--templates", default="simple", show_default=True, type=click.Choice(TEMPLATE_SETS),
               help="Prompt templates: 'a photo of a {}.' + open_clip's simple set, open_clip's 80, or one.")
 @click.option("--head", default=None, metavar="NAME", help="The CLIP head to use (default: the run's CLIP teacher).")
-def zeroshot_command(run_dir: Path | None, teacher_spec: str | None, data: str, val_fraction: float, seed: int,
-                     per_class: int | None, resolution: str | None, batch_size: int, device: str,
+def zeroshot_command(run: str | None, teacher_specs: tuple[str, ...], device: str, data: str, val_fraction: float,
+                     seed: int, per_class: int | None, resolution: tuple[int, int] | None, batch_size: int,
                      json_path: Path | None, no_record: bool, classes: str | None, templates: str,
                      head: str | None) -> None:
-    """Zero-shot top-1/top-5 through the CLIP text tower, for a run's CLIP head or a CLIP teacher."""
-    from zoo.evaluate import (build_run_teacher, evaluate_zeroshot, load_labelled, parse_class_names,
-                              read_record, update_record, zeroshot_templates)
+    """Zero-shot top-1/top-5 through the CLIP text tower, for a run's CLIP head and/or CLIP teachers."""
+    from zoo.devices import resolve_device
+    from zoo.evaluations.labelled import load_labelled, parse_class_names
+    from zoo.evaluations.zeroshot import clip_head_name, evaluate_zeroshot, zeroshot_templates
+    from zoo.loading import build_run_teacher
+    from zoo.teachers import parse_teacher_spec
 
-    _check_target(run_dir, teacher_spec)
-    if run_dir is not None:
-        head = clip_head_name(read_record(run_dir), head)  # fail before loading anything heavy
-    elif head is not None:
-        raise ConfigError("--head applies to a run's student, not to --teacher")
+    check_targets(run, teacher_specs)
+    for spec in teacher_specs:
+        if parse_teacher_spec(spec).kind != "clip":
+            raise ConfigError(f"zero-shot needs a CLIP teacher (clip:...), got '{spec}'")
+    run_dir = None
+    if run is not None:
+        run_dir, record = open_record(run)
+        head = clip_head_name(record.teachers, head, record.run_id)  # fail before loading anything heavy
     labelled = load_labelled(data, val_fraction, seed, per_class)
     names = parse_class_names(classes, labelled.class_names, len(labelled.classes))
+    prompts = zeroshot_templates(templates)
+    dev = resolve_device(device)
+    results = []
+
+    def score(target: Target, clip: Any) -> dict[str, Any]:
+        with progress(f"zero-shot {target.who}", len(labelled.val)) as advance:
+            result = evaluate_zeroshot(labelled, target.embedder, clip, target.view, names, prompts, batch_size,
+                                       advance)
+        result.update(target=target.who, head=head if target.spec is None else None, teacher=target.spec,
+                      template_set=templates)
+        random_note(target.random)
+        return result
+
     if run_dir is not None:
-        run, embedder, size_hw, dev = _student(run_dir, device, resolution, head)
-        clip = build_run_teacher(run.record, head, dev)
-        who, random = f"{run.record.get('backbone')} (head {head})", run.record.get("random_teacher")
-    else:
-        clip, embedder, size_hw = _teacher(teacher_spec, device)
-        if clip.kind != "clip":
-            raise ConfigError(f"zero-shot needs a CLIP teacher (clip:...), got '{teacher_spec}'")
-        who, random = f"teacher {teacher_spec}", clip.is_random
-    with _progress(f"zero-shot {who}", len(labelled.val)) as advance:
-        result = evaluate_zeroshot(labelled, embedder, clip, size_hw, names, zeroshot_templates(templates),
-                                   batch_size, advance)
-    result.update(target=who, head=head, teacher=teacher_spec, template_set=templates)
-    console.print(_result_table(f"zero-shot: {who}", result))
-    _random_note(bool(random))
-    _write_json(json_path, result)
+        loaded, target = student_target(run_dir, dev, resolution, head)
+        results.append(score(target, build_run_teacher(loaded.record, head, dev)))
+    for spec in teacher_specs:
+        target = teacher_target(spec, dev)
+        results.append(score(target, target.teacher))
+    console.print(_result_table("zero-shot", results))
+    write_json(json_path, results)
     if run_dir is not None and not no_record:
-        update_record(run_dir, {"zeroshot_top1": result["top1"], "zeroshot_top5": result["top5"]},
-                      {"kind": "zeroshot", "head": head, "template_set": templates, **_settings(result)})
-        err_console.print(f"added zeroshot_top1/zeroshot_top5 to {run_dir / 'summary.json'}", highlight=False)
+        record_result(run_dir, {"zeroshot_top1": results[0]["top1"], "zeroshot_top5": results[0]["top5"]},
+                      {"kind": "zeroshot", "head": head, "template_set": templates, **_settings(results[0])})
 
 
-def _settings(result: dict[str, Any]) -> dict[str, Any]:
-    keys = ("top1", "top5", "dataset", "split", "classes", "train_images", "val_images", "resolution", "k",
-            "temperature", "templates")
-    return {key: result[key] for key in keys if key in result}
+# --------------------------------------------------------------------------- data
 
 
 @eval_group.command("export-digits")
@@ -215,9 +316,15 @@ def _settings(result: dict[str, Any]) -> dict[str, Any]:
 @click.option("--size", default=32, show_default=True, type=click.IntRange(min=8), help="Side of each PNG.")
 def export_digits_command(folder: Path, val_fraction: float, seed: int, size: int) -> None:
     """Write scikit-learn's digits as FOLDER/train/<digit>/*.png and FOLDER/val/<digit>/*.png."""
-    from zoo.evaluate import export_digits
+    from zoo.evaluations.labelled import export_digits
 
     if folder.exists() and any(folder.iterdir()):
         raise ZooError(f"{folder} is not empty; choose a new folder")
     counts = export_digits(folder, val_fraction, seed, size)
     console.print(f"wrote {counts['train']} train and {counts['val']} val images to {folder}", highlight=False)
+
+
+# The segmentation probe lives in its own module (zoo/commands/eval_seg_cmd.py).
+from zoo.commands.eval_seg_cmd import seg_command  # noqa: E402
+
+eval_group.add_command(seg_command)
