@@ -24,6 +24,8 @@ RECORD_KEYS = {
     "kind", "run_id", "run_dir", "backbone", "family", "backbone_config", "params_m", "gmacs", "resolution",
     "throughput", "fd_loss", "losses", "train_loss_first", "train_loss_last", "steps", "wall_time_s", "teachers",
     "random_teacher", "note", "recipe", "balancing", "device", "world_size", "versions", "created", "status",
+    "fd_loss_train", "diverged_step", "data_skipped", "data_skipped_examples", "standardize", "evaluations",
+    "schema_version",
 }
 TINY_TEACHERS = '["clip:tiny@32", "dinov2:tiny@28"]'
 
@@ -221,7 +223,7 @@ def test_cli_distill_resnet18_smoke(tmp_path):
     (["--backbone", "resnet-1"], "unknown backbone 'resnet-1'"),
     (["--backbone", "resnet-18", "--teacher", "clip:nonexistent-model"], "clip"),
     (["--backbone", "resnet-18", "--recipe", "nosuchrecipe"], "unknown recipe"),
-    (["--resume", "no-such-run"], "no checkpoint to resume"),
+    (["--resume", "no-such-run"], "no checkpoint.pt in 'no-such-run'"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, args, message):
     result = _cli(["distill", *args, "--out", str(tmp_path), "--offline"])
@@ -294,10 +296,7 @@ def test_cli_interrupt_saves_and_says_how_to_resume(image_dir, tmp_path, monkeyp
 
 
 def test_run_ids_stay_unique_within_one_second(tmp_path, monkeypatch):
-    from zoo import distill as engine
-    from zoo.recipe import load_recipe
-
-    recipe = load_recipe("smoke")
+    import zoo.runs
 
     class FrozenClock:
         @staticmethod
@@ -306,9 +305,9 @@ def test_run_ids_stay_unique_within_one_second(tmp_path, monkeypatch):
 
             return dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=tz)
 
-    monkeypatch.setattr(engine, "datetime", FrozenClock)
-    first = engine.new_run_id("resnet-18", recipe, tmp_path)
+    monkeypatch.setattr(zoo.runs, "datetime", FrozenClock)
+    first = zoo.runs.new_run_id("resnet-18", "smoke", tmp_path)
     assert first == "resnet-18-smoke-20260102-030405"
     (tmp_path / first).mkdir()
-    assert engine.new_run_id("resnet-18", recipe, tmp_path) == first + "-2"
-    assert engine.new_run_id("picked/best.yaml", recipe, tmp_path) == "best-smoke-20260102-030405"
+    assert zoo.runs.new_run_id("resnet-18", "smoke", tmp_path) == first + "-2"
+    assert zoo.runs.new_run_id("picked/best.yaml", "smoke", tmp_path) == "best-smoke-20260102-030405"

@@ -6,6 +6,7 @@ A run folder ``<out>/<run-id>/`` holds
 * ``metrics.jsonl``   one JSON line per logged step / evaluation (``METRICS_FILE``)
 * ``checkpoint.pt``   the training state (``CHECKPOINT_FILE``; search trials delete it unless kept)
 * ``summary.json``    the :class:`RunRecord` (``SUMMARY_FILE``)
+* ``backbone.yaml``   a copy of the backbone file the run trained, when it trained one (``BACKBONE_FILE``)
 
 ``summary.json`` is the record every later command reads: ``zoo distill`` writes
 it, a search trial writes it with its ``search`` block and measured throughput,
@@ -38,6 +39,7 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
+BACKBONE_FILE = "backbone.yaml"  # copy of a `--backbone my-net.yaml` file: resume and loading need no original
 LEGACY_TRIAL_FILE = "trial.json"  # schema 1: a search trial's record beside the distill summary
 
 KIND_DISTILL = "distill"
@@ -83,6 +85,10 @@ class RunPaths:
     @property
     def summary(self) -> Path:
         return self.root / SUMMARY_FILE
+
+    @property
+    def backbone_file(self) -> Path:
+        return self.root / BACKBONE_FILE
 
     @property
     def legacy_trial(self) -> Path:
@@ -182,7 +188,8 @@ class RunRecord:
     gmacs: float | None = None
     resolution: list[int] | None = None
     throughput: dict[str, Any] | None = None
-    fd_loss: float | None = None
+    fd_loss: float | None = None  # held-out FD loss (eval mode, centre crops) at the end of training
+    fd_loss_train: float | None = None  # Table 7's FD loss: mean FD-teacher feature term, last N training steps
     losses: dict[str, float] = field(default_factory=dict)
     train_loss_first: float | None = None
     train_loss_last: float | None = None
@@ -195,6 +202,10 @@ class RunRecord:
     balancing: str | None = None
     device: str | None = None
     world_size: int = 1
+    diverged_step: int | None = None  # status "diverged": the first step with a non-finite loss/gradient norm
+    data_skipped: int = 0  # unreadable training images skipped
+    data_skipped_examples: list[str] = field(default_factory=list)  # the first few of them
+    standardize: dict[str, Any] | None = None  # PHI-S statistics used (method, batches, source, per teacher)
     versions: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=now_utc)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
