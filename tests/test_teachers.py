@@ -312,3 +312,242 @@ def test_offline_reason(monkeypatch):
     assert offline_reason(False) is None
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert offline_reason(None) == "HF_HUB_OFFLINE=1"
+
+
+# ------------------------------------------------------------- prepare_teachers
+
+
+def test_prepare_teachers_builds_or_reuses():
+    from zoo.teachers import prepare_teachers
+
+    built = prepare_teachers(None, ["clip:tiny", "dinov2:tiny"], "cpu", offline=True)
+    assert [t.name for t in built] == ["clip", "dinov2"]
+    assert [t.spec for t in prepare_teachers(["dinov2:tiny@28"], ["clip:tiny"], "cpu", True)] == ["dinov2:tiny@28"]
+    reused = prepare_teachers(built, ["sam:tiny"], "cpu")
+    assert all(a is b for a, b in zip(reused, built))  # built objects are shared, not rebuilt
+    with pytest.raises(ConfigError, match="all spec strings or all built Teacher objects"):
+        prepare_teachers(["clip:tiny", built[1]], [])
+
+
+# ---------------------------------------------------------- evaluation transforms
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A smooth, non-square generated RGB image (203 x 137)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 255, (9, 13, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((203, 137), Image.Resampling.BICUBIC)
+
+
+def _as_uint8_tensor(image):
+    import numpy as np
+
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+def _check_against(transform, reference, image):
+    """PIL input: the library's own result exactly; a uint8 tensor: within ~1 grey level."""
+    from zoo.teachers import apply_eval_transform
+
+    expected = reference(image)
+    assert torch.allclose(apply_eval_transform(transform, image, normalize=True), expected, atol=1e-6)
+    from_tensor = apply_eval_transform(transform, _as_uint8_tensor(image), normalize=True)
+    assert from_tensor.shape == expected.shape
+    assert (from_tensor - expected).abs().max() <= 2.5 / 255 / min(transform.std)
+    unnormalised = apply_eval_transform(transform, image)
+    assert 0 <= unnormalised.min() and unnormalised.max() <= 1
+
+
+@pytest.mark.parametrize("model,tag", [("ViT-B-16", "openai"), ("ViT-B-16-SigLIP", "webli"),
+                                       ("ViT-B-16", "laion2b_s34b_b88k")])
+def test_eval_transform_matches_open_clip(photo, model, tag):
+    import open_clip
+
+    from zoo.teachers import EvalTransform
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    transform = EvalTransform.from_open_clip(cfg, size=96)
+    reference = open_clip.image_transform(96, is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
+                                          resize_mode=cfg.get("resize_mode"), interpolation=cfg.get("interpolation"))
+    _check_against(transform, reference, photo)
+
+
+def test_eval_transform_matches_open_clip_longest_mode(photo):
+    import open_clip
+
+    from zoo.teachers import EvalTransform
+
+    transform = EvalTransform.from_open_clip({"resize_mode": "longest", "interpolation": "bilinear", "fill_color": 0},
+                                             size=96)
+    assert (transform.resize_mode, transform.interpolation) == ("longest", "bilinear")
+    reference = open_clip.image_transform(96, is_train=False, resize_mode="longest", interpolation="bilinear")
+    _check_against(transform, reference, photo)
+
+
+@pytest.mark.parametrize("name,size,crop_mode", [
+    ("resnet50.tv_in1k", (96, 96), None),  # crop_pct 0.875, bilinear
+    ("resnet50.tv_in1k", (96, 80), None),  # non-square: shorter side to size / crop_pct
+    ("vit_base_patch16_224.augreg_in21k", (64, 112), None),  # crop_pct 0.9, bicubic
+    ("vit_small_patch14_dinov2.lvd142m", (98, 98), None),
+    ("samvit_base_patch16.sa1b", (64, 64), None),
+    ("resnet50.tv_in1k", (96, 80), "squash"),
+    ("resnet50.tv_in1k", (96, 80), "border"),
+])
+def test_eval_transform_matches_timm(photo, name, size, crop_mode):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from zoo.teachers import EvalTransform
+
+    cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    if crop_mode:
+        cfg.update(crop_mode=crop_mode, crop_pct=0.9)
+    transform = EvalTransform.from_timm(cfg, size=size)
+    reference = create_transform(**resolve_data_config({"input_size": (3, *size)}, pretrained_cfg=cfg, use_test_size=True))
+    _check_against(transform, reference, photo)
+
+
+def test_teachers_carry_their_own_eval_transform(tiny, photo):
+    """Read from the model's own config: open_clip's preprocess_cfg, timm's pretrained_cfg."""
+    import open_clip
+    from timm.data import create_transform, resolve_data_config
+
+    from zoo.teachers import eval_batch
+
+    clip, dino = tiny["clip"], tiny["dinov2"]
+    assert (clip.eval_transform.size, clip.eval_transform.interpolation, clip.eval_transform.resize_mode) == (
+        (64, 64), "bicubic", "shortest")
+    assert clip.eval_transform.mean == clip.mean == tuple(open_clip.OPENAI_DATASET_MEAN)
+    assert dino.eval_transform.size == dino.resolution and dino.eval_transform.std == dino.std
+    references = {
+        "clip": open_clip.image_transform(64, is_train=False, **{
+            k: v for k, v in open_clip.get_model_preprocess_cfg(clip.model).items() if k != "size"}),
+        "dinov2": create_transform(**resolve_data_config({"input_size": (3, 70, 70)}, model=dino.model)),
+    }
+    for kind, teacher in tiny.items():
+        batch = eval_batch(teacher.eval_transform, [photo, photo.transpose(0)])
+        assert batch.shape == (2, 3, *teacher.resolution)
+        expected = torch.stack([references[kind](photo), references[kind](photo.transpose(0))])
+        with torch.no_grad():  # the teacher normalises the [0, 1] batch as the library's transform does
+            assert torch.allclose(teacher.preprocess(batch), expected, atol=1e-5)
+
+
+def test_eval_transform_rejects_bad_values():
+    from zoo.teachers import EvalTransform
+
+    with pytest.raises(ValueError, match="interpolation"):
+        EvalTransform((64, 64), interpolation="lanczos5")
+    with pytest.raises(ValueError, match="crop_pct"):
+        EvalTransform((64, 64), crop_pct=1.5)
+    with pytest.raises(ValueError, match="resize_mode"):
+        EvalTransform((64, 64), resize_mode="fit")
+    assert EvalTransform(64).size == (64, 64) and EvalTransform((64, 48), crop_pct=0.875).scale_size == (73, 54)
+
+
+# ----------------------------------------------------------- unreadable files
+
+
+@pytest.mark.parametrize("spec", ["dinov2:vit_small_patch14_dinov2", "sam:samvit_base_patch16", "clip:ViT-S-32"])
+def test_garbage_weights_file_is_one_line(tmp_path, spec):
+    from zoo.errors import BadFileError
+
+    garbage = tmp_path / "model.safetensors"
+    garbage.write_bytes(b"\x00\x01 not a safetensors file" * 10)
+    with pytest.raises(BadFileError, match="not a readable .safetensors file") as caught:
+        build_teacher(f"{spec}:{garbage}@64" if "dinov2" not in spec else f"{spec}:{garbage}@56", offline=True)
+    assert str(garbage) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_pickled_teacher_file_is_refused(tmp_path):
+    from zoo.errors import BadFileError
+
+    pickled = tmp_path / "model.pt"
+    torch.save({"blocks.0.attn": F.relu}, pickled)  # a function: weights-only loading refuses it
+    with pytest.raises(BadFileError, match="refused"):
+        build_teacher(f"dinov2:vit_small_patch14_dinov2:{pickled}@56", offline=True)
+
+
+# ------------------------------------------------------------ a teacher kind of your own
+
+
+class _ToyTeacher(__import__("zoo.teachers", fromlist=["Teacher"]).Teacher):
+    """A conv stem: features at stride 8, summary = their mean through a linear layer."""
+
+    def _forward_model(self, x):
+        features = self.model["stem"](x)
+        return TeacherOutput(self.model["proj"](features.mean((2, 3))), features)
+
+
+def _toy_model():
+    return torch.nn.ModuleDict({"stem": torch.nn.Conv2d(3, 24, 8, stride=8), "proj": torch.nn.Linear(24, 12)})
+
+
+def _toy_teacher(spec, model, weights_file, is_random):
+    return _ToyTeacher(model, spec, summary_dim=12, feature_dim=24, resolution=spec.resolution or (64, 64),
+                       patch_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), is_random=is_random,
+                       weights_file=weights_file, model_name=spec.model)
+
+
+@pytest.fixture
+def toy_kind():
+    from zoo.checkpoints import load_state_dict_file
+    from zoo.teachers import (TeacherKind, TeacherSpec, fixed_seed_build, register_teacher_kind,
+                              unregister_teacher_kind)
+
+    def parse(text, model, source, resolution):
+        if model != "conv8":
+            raise UnknownNameError(f"unknown toy model '{model}'")
+        return TeacherSpec(text, "toy", model, weights_file=source, resolution=resolution)
+
+    def build(spec, weights_file):
+        model = _toy_model()
+        model.load_state_dict(load_state_dict_file(weights_file))
+        return _toy_teacher(spec, model, weights_file, False)
+
+    kind = register_teacher_kind(TeacherKind(
+        name="toy", parse=parse, build=build, build_tiny=lambda spec: _toy_teacher(spec, fixed_seed_build(_toy_model), None, True),
+        tiny_patch_size=8, examples=("toy:conv8:/path/to/toy.safetensors",),
+    ))
+    yield kind
+    unregister_teacher_kind("toy")
+
+
+def test_a_registered_kind_is_built_through_build_teacher(toy_kind, tmp_path):
+    from safetensors.torch import save_file
+
+    from zoo.teachers import get_teacher_kind, teacher_kinds
+
+    assert "toy" in teacher_kinds() and get_teacher_kind("toy") is toy_kind
+    with pytest.raises(UnknownNameError, match="closest: toy"):
+        parse_teacher_spec("tyo:tiny")
+    teachers = build_teachers(["toy:tiny@32", "dinov2:tiny"])
+    assert [t.name for t in teachers] == ["toy", "dinov2"]
+    out = teachers[0](torch.rand(2, 3, 50, 40))
+    assert out.summary.shape == (2, 12) and out.features.shape == (2, 24, 4, 4)
+    assert teachers[0].describe()["random"] is True
+    with pytest.raises(ResolutionError, match="multiple of 8"):
+        parse_teacher_spec("toy:tiny@30")
+    with pytest.raises(WeightsNotFoundError, match="needs a weights file"):
+        build_teacher("toy:conv8")  # no remote: a file is required
+    model = _toy_model()
+    path = tmp_path / "toy.safetensors"
+    save_file(model.state_dict(), str(path))
+    teacher = build_teacher(f"toy:conv8:{path}")
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(teacher(images).features, model["stem"]((images - 0.5) / 0.5), atol=1e-6)
+    with pytest.raises(ValueError, match="already registered"):
+        from zoo.teachers import TeacherKind, register_teacher_kind
+
+        register_teacher_kind(TeacherKind(name="toy", parse=toy_kind.parse, build=toy_kind.build))
+
+
+def test_the_builtin_kinds_are_registered():
+    from zoo.teachers import get_teacher_kind, teacher_kinds
+
+    assert {"clip", "dinov2", "sam"} <= set(teacher_kinds())
+    assert get_teacher_kind("sam").build_tiny is not None and get_teacher_kind("sam").tiny_patch_size == 16

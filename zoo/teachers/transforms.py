@@ -199,11 +199,14 @@ def _center_crop_or_pad(image: Any, size: tuple[int, int], fill: tuple[int, ...]
 
     height, width = _dimensions(image)
     pad_h, pad_w = max(size[0] - height, 0), max(size[1] - width, 0)
-    if pad_h or pad_w:
-        padding = [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2]
-        if isinstance(image, torch.Tensor) and image.dtype != torch.uint8:
-            fill = tuple(v / 255.0 for v in fill)
-        image = TF.pad(image, padding, fill=list(fill) if isinstance(image, torch.Tensor) else tuple(fill))
+    if pad_h and not isinstance(image, torch.Tensor) or pad_w and not isinstance(image, torch.Tensor):
+        image = TF.pad(image, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=tuple(fill))
+    elif pad_h or pad_w:  # torchvision's tensor pad takes one fill value: paste onto a filled canvas
+        scale = 1 if image.dtype == torch.uint8 else 255.0
+        canvas = torch.tensor(fill, dtype=torch.float32).div(scale).to(image.dtype).view(3, 1, 1)
+        canvas = canvas.expand(3, height + pad_h, width + pad_w).clone()
+        canvas[:, pad_h // 2: pad_h // 2 + height, pad_w // 2: pad_w // 2 + width] = image
+        image = canvas
     return TF.center_crop(image, list(size))
 
 
