@@ -108,6 +108,91 @@ def test_unknown_recipe_name_and_missing_file():
         load_recipe("smoke", ["optim.lr"])
 
 
+# --------------------------------------------------------------------------- hostile recipe text
+
+
+def _laughs(levels: int = 9) -> str:
+    """A "billion laughs" document: 9 ** levels strings once every alias is expanded."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_billion_laughs_is_refused_fast_in_bounded_memory(tmp_path):
+    import time
+    import tracemalloc
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_laughs())
+    tracemalloc.start()
+    started = time.process_time()
+    try:
+        with pytest.raises(ConfigError, match=r"laughs\.yaml: its aliases expand to more than 100,000 values") as err:
+            load_recipe(path)
+        cpu = time.process_time() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cpu < 1.0 and peak < 20e6  # 9**9 = 387M strings if expanded
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="override 'teachers': value refused: its aliases expand"):
+        load_recipe("smoke", ["teachers=" + "{" + _laughs().replace("\n", ", ").rstrip(", ") + "}"])
+
+
+@pytest.mark.parametrize("text", ["train: &x\n  steps: *x\n", "teachers: &t [clip:tiny, *t]\n",
+                                  "data: &d {path: *d}\n"])
+def test_recursive_alias_is_refused(tmp_path, text):
+    path = tmp_path / "recursive.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"recursive\.yaml: an alias refers to itself"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match="an alias refers to itself"):
+        load_recipe("smoke", ["eval=&e [*e]"])
+
+
+def test_aliases_within_the_limit_still_work(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("teachers: &t [clip:tiny, dinov2:tiny]\ndescription: shared\n"
+                    "loss:\n  summary_weights: &w {clip: 0.5}\n  feature_weights: *w\n")
+    recipe = load_recipe(path)
+    assert recipe.teachers == ["clip:tiny", "dinov2:tiny"] and recipe.loss.feature_weights == {"clip": 0.5}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"train:\n  steps: 3\n# caf\xe9\n", r"bad\.yaml: not UTF-8 text \(invalid byte 0xe9 at offset 23\)"),
+    (b"- a\n- b\n", r"bad.yaml: the top level must be a mapping of name, .*got list"),
+    (b"just text\n", "the top level must be a mapping.*got str"),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nesting deeper than 64 levels"),
+    (b"a:" + b"".join(b"\n" + b" " * i + b"k:" for i in range(1, 80)) + b" 1\n", "nesting deeper than 64 levels"),
+    (b"#" * 1_000_001, r"bad\.yaml: larger than 1,000,000 bytes"),
+    (b"train: {steps: 3\n", r"bad\.yaml: invalid YAML"),
+])
+def test_hostile_recipe_files_are_one_line_errors(tmp_path, content, message):
+    import time
+
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    started = time.process_time()
+    with pytest.raises(ConfigError, match=message) as err:
+        load_recipe(path)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+    assert time.process_time() - started < 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=.inf", r"'optim\.lr' expects a finite number"),
+    ("optim.lr=1e999", r"'optim\.lr' expects a finite number"),
+    ("loss.alpha=.nan", r"'loss\.alpha' expects a finite number"),
+    ("optim.lr=" + "9" * 400, r"'optim\.lr' expects a finite number"),
+    ("description=" + "[" * 100 + "]" * 100, "value refused: nesting deeper than 64"),
+    ("train.steps=" + "x" * 5000, r"'train\.steps' expects int, got x{20}"),
+])
+def test_hostile_override_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_recipe("smoke", [override])
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
 # --------------------------------------------------------------------------- images
 
 

@@ -6,12 +6,20 @@ says what differs. ``load_recipe("smoke")`` reads a recipe shipped in the
 file and applies ``--set`` overrides (values parsed as YAML). An unknown key
 or a wrongly typed value raises :class:`~zoo.errors.ConfigError` naming its
 dotted path and the valid keys at that level.
+
+Recipe text is untrusted: files larger than :data:`MAX_RECIPE_BYTES`, text that
+is not UTF-8, nesting deeper than :data:`MAX_DEPTH`, aliases that refer to
+themselves, and documents whose aliases would expand to more than
+:data:`MAX_EXPANDED_NODES` nodes (a "billion laughs") are refused with one line
+before anything is built; ``--set`` values go through the same loader.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +35,9 @@ RECIPE_PACKAGE = "zoo.recipes"
 DATA_SOURCES = ("auto", "bundled", "folder", "list")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 STANDARDIZE_METHODS = ("none", "phi-s")
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few hundred bytes; anything this large is not one
+MAX_EXPANDED_NODES = 100_000  # YAML nodes after expanding every alias (a recipe has about a hundred)
+MAX_DEPTH = 64  # nesting of mappings/sequences
 
 
 @dataclass
@@ -190,6 +201,132 @@ class Recipe:
         return self
 
 
+# --------------------------------------------------------------------------- safe YAML
+
+
+class _RecipeYAMLError(Exception):
+    """A refused YAML document (the message is one line, without the source name)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that checks the composed node graph before constructing anything.
+
+    PyYAML builds an alias as a second reference to the same node, so
+    composing is linear in the text; the danger is what comes after (copying
+    the data expands every reference). :meth:`get_single_node` therefore
+    walks the graph once (memoised per node, so shared nodes cost one visit),
+    computes the size it would have with every alias expanded, and refuses
+    cycles (an alias inside its own anchor), too much nesting and too large
+    an expansion.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        # Checked while composing: the parser reads lazily, so deep nesting stops here,
+        # before PyYAML's scanner (quadratic in the nesting depth) reads the rest.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _RecipeYAMLError(f"nesting deeper than {MAX_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):  # noqa: ANN201 - PyYAML's signature
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> int:
+    """Expanded node count of ``root``; raises :class:`_RecipeYAMLError` on a cycle, depth or size limit."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    # iterative post-order walk: (node, depth, children visited?)
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_EXPANDED_NODES:
+                raise _RecipeYAMLError(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values "
+                                       "(a recursive or exponential anchor/alias structure?)")
+            continue
+        if key in sizes:
+            continue
+        if depth > MAX_DEPTH:  # aliases can nest what the text does not
+            raise _RecipeYAMLError(f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded")
+        on_path.add(key)
+        stack.append((node, depth, True))
+        for child in children:
+            if id(child) in on_path:
+                raise _RecipeYAMLError(f"an alias refers to itself (inside the anchored value that starts on "
+                                       f"line {child.start_mark.line + 1})")
+            stack.append((child, depth + 1, False))
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest run of unclosed ``[``/``{`` (quotes ignored: an over-estimate, never an under-estimate).
+
+    PyYAML's scanner is quadratic in the flow depth of one line (thousands of
+    ``[`` take seconds before the composer sees a single node), so this is
+    checked on the text first.
+    """
+    depth = deepest = 0
+    for char in _NOT_BRACKETS.sub("", text):
+        depth = depth + 1 if char in "[{" else max(0, depth - 1)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with the limits above; raises :class:`_RecipeYAMLError` (one line)."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise _RecipeYAMLError(f"larger than {MAX_RECIPE_BYTES:,} characters")
+    if _bracket_depth(text) > MAX_DEPTH:
+        raise _RecipeYAMLError(f"nesting deeper than {MAX_DEPTH} levels")
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise _RecipeYAMLError(f"invalid YAML ({' '.join(str(err).split())})") from None
+    except RecursionError:  # PyYAML's own composer recurses per nesting level
+        raise _RecipeYAMLError(f"nesting deeper than {MAX_DEPTH} levels") from None
+
+
+def _read_recipe_text(path: Path) -> str:
+    """The text of a recipe file: size-capped, UTF-8, one-line errors naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECIPE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"recipe file {path}: cannot read it ({err.strerror or err.__class__.__name__})") from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"recipe file {path}: larger than {MAX_RECIPE_BYTES:,} bytes; not a recipe")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe file {path}: not UTF-8 text (invalid byte 0x{raw[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8") from None
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -222,35 +359,49 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"recipe key '{path}' expects {_type_name(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise ConfigError(f"recipe key '{path}' expects a mapping of {_valid_keys(tp)}, got {value!r}")
+            raise ConfigError(f"recipe key '{path}' expects a mapping of {_valid_keys(tp)}, got {_short(value)}")
         return _build(tp, value, path)
     if origin in (list, tuple):
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"recipe key '{path}' expects a list, got {value!r}")
+            raise ConfigError(f"recipe key '{path}' expects a list, got {_short(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"recipe key '{path}' expects {len(args)} values, got {value!r}")
+                raise ConfigError(f"recipe key '{path}' expects {len(args)} values, got {_short(value)}")
             return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         return origin(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         key_type, value_type = typing.get_args(tp) or (Any, Any)
         if not isinstance(value, Mapping):
-            raise ConfigError(f"recipe key '{path}' expects a mapping, got {value!r}")
+            raise ConfigError(f"recipe key '{path}' expects a mapping, got {_short(value)}")
         return {_coerce(k, key_type, path): _coerce(v, value_type, f"{path}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = _finite(float(value), path) if abs(value) < 1e308 else math.inf
     if tp is float and isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"recipe key '{path}' expects {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"recipe key '{path}' expects {_type_name(tp)}, got {_short(value)}")
+    if tp is float:
+        return _finite(value, path)
     return value
+
+
+def _finite(value: float, path: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"recipe key '{path}' expects a finite number, got {value!r}")
+    return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` (``str`` for text) cut to one short line (a hostile value may be huge)."""
+    text = " ".join((value if isinstance(value, str) else repr(value)).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _valid_keys(cls: type) -> str:
@@ -262,11 +413,12 @@ def _build(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        dotted = f"{path}.{key}" if path else str(key)
+        shown = key if isinstance(key, str) and len(key) <= 60 else _short(key, 60)
+        dotted = f"{path}.{shown}" if path else str(shown)
         if key not in names:
-            near = unknown_name("key", str(key), names)
+            hint = _near_hint(unknown_name("key", key, names)) if isinstance(key, str) and len(key) <= 60 else ""
             raise ConfigError(f"unknown recipe key '{dotted}'; valid keys at "
-                              f"{path or 'the top level'}: {_valid_keys(cls)}{_near_hint(near)}")
+                              f"{path or 'the top level'}: {_valid_keys(cls)}{hint}")
         kwargs[key] = _coerce(value, hints[key], dotted)
     return cls(**kwargs)
 
@@ -279,15 +431,15 @@ def _near_hint(err: Exception) -> str:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=5e-4"`` -> ``(["optim", "lr"], 0.0005)`` (the value is parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not KEY=VALUE (e.g. optim.lr=5e-4)")
+        raise ConfigError(f"override '{_short(text, 60)}' is not KEY=VALUE (e.g. optim.lr=5e-4)")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".")]
     if not key.strip() or any(not p for p in parts):
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override '{_short(text, 60)}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': value is not valid YAML ({err.__class__.__name__})") from None
+        value = safe_yaml(raw) if raw.strip() else None
+    except _RecipeYAMLError as err:
+        raise ConfigError(f"override '{_short(key.strip(), 60)}': value refused: {err}") from None
     return parts, value
 
 
@@ -301,7 +453,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{'.'.join(parts[:i + 1])}' is not a section")
+                raise ConfigError(f"override '{_short(text, 60)}': '{'.'.join(parts[:i + 1])}' is not a section")
             node = child
         node[parts[-1]] = value
     return data
@@ -332,18 +484,21 @@ def _read_source(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
     if path.suffix in (".yaml", ".yml") or path.exists() or "/" in text:
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
-        content, default_name = path.read_text(encoding="utf-8"), path.stem
+        content, default_name = _read_recipe_text(path), path.stem
     else:
         resource = _recipe_files() / f"{text}.yaml"
         if not resource.is_file():
             raise unknown_name("recipe", text, shipped_recipes())
         content, default_name = resource.read_text(encoding="utf-8"), text
     try:
-        data = yaml.safe_load(content) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {text}: invalid YAML ({' '.join(str(err).split())})") from None
+        data = safe_yaml(content)
+    except _RecipeYAMLError as err:
+        raise ConfigError(f"recipe {text}: {err}") from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {text}: the top level must be a mapping of {_valid_keys(Recipe)}")
+        raise ConfigError(f"recipe {text}: the top level must be a mapping of {_valid_keys(Recipe)}, "
+                          f"got {type(data).__name__}")
     return data, default_name
 
 
