@@ -439,3 +439,126 @@ def test_html_renders_in_headless_chromium(runs: Path, tmp_path: Path):
     done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
                            "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert "main-svg" in done.stdout  # plotly drew the figure, offline
+
+
+# --------------------------------------------------------------------------- search trials beside runs
+
+
+PARAMS = {"dim": 48, "in_dim": 32, "depth1": 1, "depth2": 2, "depth3": 4, "depth4": 1, "window3": 7}
+
+
+def write_trial(root: Path, number: int, speed: float, fd: float, feasible: bool = True, legacy: bool = False) -> Path:
+    """A trial folder as ``zoo search --out`` leaves it: schema 2 (one summary.json with a ``search`` block),
+    or schema 1 (a distill summary.json without throughput, the trial's record in ``trial.json`` beside it)."""
+    from zoo.runs import RunRecord, SearchInfo, write_record
+
+    folder = root / f"study-{number:04d}"
+    trial = distill_record(f"eradio-search-{number:04d}", speed, fd, run_id=f"study-{number:04d}")
+    if legacy:
+        summary = {**trial, "throughput": None}  # the proxy distillation itself measures no speed
+        write_run(root, summary, name=folder.name)
+        flat = {**trial, "kind": "search-trial", "study_name": "study", "trial_number": number,
+                "params": PARAMS, "feasible": feasible, "constraints": {"min_throughput": 1.0}}
+        (folder / "trial.json").write_text(json.dumps(flat))
+    else:
+        record = RunRecord.from_dict({**trial, "kind": "search-trial"})
+        record.search = SearchInfo(study_name="study", trial_number=number, params=PARAMS, feasible=feasible)
+        write_record(folder, record)
+    return folder
+
+
+@pytest.fixture
+def search_out(tmp_path: Path) -> Path:
+    root = tmp_path / "search-out"
+    write_trial(root, 0, 9500, 0.42, legacy=True)  # fastest of all: on the front
+    write_trial(root, 1, 3000, 0.50, legacy=True)  # dominated
+    write_trial(root, 2, 5000, 0.30)  # between eradio-l and regnety: on the front
+    write_trial(root, 3, 9999, 0.01, feasible=False)  # would dominate everything, but violates the constraints
+    return root
+
+
+def test_search_out_folder_reads_trials_of_both_schemas(search_out: Path):
+    warnings = []
+    records = load_records([search_out], warn=warnings.append)
+    assert sorted(r.label for r in records) == ["trial 0 (d48 1-2-4-1)", "trial 1 (d48 1-2-4-1)",
+                                                "trial 2 (d48 1-2-4-1)"]
+    assert {r.kind for r in records} == {"search-trial"}
+    assert any("left out 1 trial(s)" in w and "constraints" in w for w in warnings)
+    legacy = next(r for r in records if r.trial_number == 0)
+    # trial.json merged as zoo.runs.read_record merges it: its throughput and environment win
+    assert legacy.metrics["throughput.median"] == 9500 and legacy.env.device_name == "NVIDIA A100"
+    assert legacy.search["study_name"] == "study" and legacy.search["params"] == PARAMS
+
+
+def test_search_trials_share_the_front_with_hand_picked_runs(runs: Path, search_out: Path, tmp_path: Path):
+    records = [r for r in load_records([runs, search_out]) if r.kind != "bench"]
+    analysis = analyse(records, [Objective("throughput.median", "max"), Objective("fd_loss", "min")])
+    assert len(analysis.groups) == 1 and analysis.groups[0].kinds == ["distill", "search-trial"]
+    front = {row.record.label for row in analysis.groups[0].front}
+    # trial 0 outruns efficientnetv2-s (9017) at a worse loss; trial 2 sits between eradio-l (3472 / 0.265)
+    # and eradio-b (6422 / 0.319) without dominating either; every run on the front stays there.
+    assert front == TABLE7_FRONT | {"trial 0 (d48 1-2-4-1)", "trial 2 (d48 1-2-4-1)"}
+
+    out = tmp_path / "out"
+    result = _run(str(runs), str(search_out), "--env", "1", "--json", str(out / "f.json"), "--png", str(out / "f.png"),
+                  "--html", str(out / "f.html"))
+    assert result.exit_code == 0, result.output
+    assert "▲ search-trial" in result.output and "● distill" in result.output
+    assert "violate the search's constraints" in result.output
+    payload = json.loads((out / "f.json").read_text())
+    assert payload["groups"][0]["kinds"] == ["distill", "search-trial"]
+    trials = [r for r in payload["rows"] if r["kind"] == "search-trial"]
+    assert sorted(r["trial_number"] for r in trials) == [0, 1, 2]
+    html = (out / "f.html").read_text()
+    legend = set(re.findall(r'"name":\s*"([^"]*)"', html))
+    assert {"runs [1]", "runs (on the front) [1]", "search trials [1]", "search trials (on the front) [1]"} <= legend
+    # the trials alone: the original failure was "unknown metric 'throughput'"
+    alone = _run(str(search_out))
+    assert alone.exit_code == 0, alone.output
+    assert "trial 2 (d48 1-2-4-1)" in alone.output
+
+
+def test_metric_directions_by_name():
+    for name in ("throughput.median", "throughput.min", "knn_top1", "knn_top5", "zeroshot_top1", "miou_ade20k",
+                 "miou_voc", "pixel_acc_ade20k", "evaluations.seg.miou"):
+        assert default_direction(name) == "max", name
+    for name in ("fd_loss", "fd_loss_train", "knn_loss", "losses.dinov2/features", "latency_p50", "latency.p99",
+                 "params_m", "gmacs", "peak_memory_mb", "wall_time_s"):
+        assert default_direction(name) == "min", name
+    for name in ("steps", "search.params.dim", "world_size"):
+        with pytest.raises(ZooError, match="no default direction"):
+            default_direction(name)
+
+
+def test_cli_quality_metrics_of_later_evaluations(tmp_path: Path):
+    root = tmp_path / "runs"
+    # miou_ade20k as the segmentation probe writes it; fd_loss_train as the distillation records it
+    write_run(root, distill_record("a", 900, 0.40, miou_ade20k=0.20, fd_loss_train=0.50))
+    write_run(root, distill_record("b", 500, 0.35, miou_ade20k=0.31, fd_loss_train=0.45))
+    write_run(root, distill_record("c", 400, 0.30, miou_ade20k=0.25, fd_loss_train=0.47))
+    seg = _run(str(root), "--y", "miou_ade20k")
+    assert seg.exit_code == 0, seg.output
+    assert "ADE20k mIoU ↑ higher is better" in seg.output  # the table says which way is better
+    starred = {name for name in "abc" if any(line.split("│")[2].strip() == name and "★" in line
+                                             for line in seg.output.splitlines() if line.count("│") > 3)}
+    assert starred == {"a", "b"}  # c is slower than b with a lower mIoU
+    train = _run(str(root), "--y", "fd_loss_train")
+    assert train.exit_code == 0, train.output
+    assert "FD loss (DINOv2 features, training) ↓ lower is better" in train.output
+    starred = {name for name in "abc" if any(line.split("│")[2].strip() == name and "★" in line
+                                             for line in train.output.splitlines() if line.count("│") > 3)}
+    assert starred == {"a", "b"}
+
+
+def test_cli_resolution_filter_uses_the_shared_parser(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, distill_record("square", 100, 0.4))
+    write_run(root, distill_record("wide", 90, 0.3, resolution=(224, 320)))
+    result = _run(str(root), "--resolution", "224x320")
+    assert result.exit_code == 0 and "wide" in result.output and "square" not in result.output
+    # a comma separates sizes in lists; it never means height x width
+    refused = _run(str(root), "--resolution", "224,320")
+    assert refused.exit_code == 2 and "is not N or HxW" in refused.output
+    import zoo.pareto
+
+    assert not hasattr(zoo.pareto, "parse_resolution")

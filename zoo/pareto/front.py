@@ -34,7 +34,7 @@ import numpy as np
 
 from zoo.errors import ConfigError, ZooError
 from zoo.pareto.metrics import THROUGHPUT, Objective
-from zoo.pareto.records import KIND_BENCH, Env, Record, Warn, normalise_dtype, resolution_of
+from zoo.pareto.records import KIND_BENCH, RECORD_KINDS, Env, Record, Warn, normalise_dtype, resolution_of
 
 GROUP_BY = ("env", "none")
 THROUGHPUT_FROM = ("record", "bench")
@@ -125,6 +125,11 @@ def pareto_front(points: np.ndarray, maximize: Sequence[bool], method: str = "au
 # --------------------------------------------------------------------------- groups
 
 
+def _kind_order(kind: str) -> tuple[int, str]:
+    """Legends and tables list kinds in one order: runs, search trials, bench records, anything else."""
+    return (RECORD_KINDS.index(kind) if kind in RECORD_KINDS else len(RECORD_KINDS), kind)
+
+
 @dataclass(frozen=True)
 class Row:
     record: Record
@@ -162,8 +167,8 @@ class Group:
 
     @property
     def kinds(self) -> list[str]:
-        """The record kinds among the ranked rows, in order of first appearance."""
-        return list(dict.fromkeys(row.record.kind for row in self.ranked))
+        """The record kinds among the ranked rows (runs, then search trials, then bench records)."""
+        return sorted({row.record.kind for row in self.ranked}, key=_kind_order)
 
     @property
     def random_teacher(self) -> bool:
@@ -183,7 +188,7 @@ class Analysis:
 
     @property
     def kinds(self) -> list[str]:
-        return list(dict.fromkeys(kind for group in self.groups for kind in group.kinds))
+        return sorted({kind for group in self.groups for kind in group.kinds}, key=_kind_order)
 
 
 def join_bench_throughput(records: Sequence[Record], warn: Warn | None = None) -> list[Record]:

@@ -26,7 +26,7 @@ from zoo.runs import (KIND_SEARCH_TRIAL, LEGACY_TRIAL_FILE, SUMMARY_FILE, RunRec
                       read_record)
 
 KIND_BENCH = "bench"
-RECORD_KINDS = ("distill", KIND_BENCH, KIND_SEARCH_TRIAL)
+RECORD_KINDS = ("distill", KIND_SEARCH_TRIAL, KIND_BENCH)
 RUN_KINDS = ("distill", KIND_SEARCH_TRIAL)  # records with a quality measurement
 ENV_FIELDS = ("device_name", "resolution", "dtype", "batch_size")
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
