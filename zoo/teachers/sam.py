@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from zoo.errors import ConfigError
 from zoo.teachers.base import (
     Teacher,
     TeacherKind,
@@ -54,13 +55,7 @@ class SamTeacher(Teacher):
 
 
 def parse(text: str, model: str, source: str | None, resolution: tuple[int, int] | None) -> TeacherSpec:
-    check_timm_model(text, model, "samvit*", "timm SAM model")
-    if not model.startswith("samvit"):
-        from zoo.errors import unknown_name
-
-        import timm
-
-        raise unknown_name("timm SAM model", model, timm.list_models("samvit*"))
+    check_timm_model(text, model, "samvit*", "timm SAM model", prefix="samvit")
     file_or_dot_tag(text, "sam", model, source, "sa1b")
     if resolution is not None:
         check_resolution(text, resolution, SAM_PATCH_SIZE)
@@ -90,8 +85,6 @@ def build(spec: TeacherSpec, weights_file: str) -> SamTeacher:
     # Built at the checkpoint's own 1024 px (pos_embed 64x64, relative tables 127 long): see the module docstring.
     model = load_timm_model(spec, weights_file, VisionTransformerSAM, checkpoint_filter_fn, "SAM image encoder")
     if model.pos_embed is None or isinstance(model.neck, nn.Identity) or model.num_features == model.embed_dim:
-        from zoo.errors import ConfigError
-
         raise ConfigError(f"teacher '{spec.spec}': {spec.model} has no SAM neck; use samvit_base/large/huge_patch16")
     return _teacher(model, spec, weights_file, False, spec.model)
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from zoo.checkpoints import load_state_dict_file
-from zoo.errors import ConfigError
-from zoo.teachers.base import TeacherSpec
+from zoo.errors import ConfigError, unknown_name
+from zoo.teachers.base import TeacherSpec, looks_like_path
 
 
 def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
@@ -75,20 +75,16 @@ def load_timm_model(
     return model
 
 
-def check_timm_model(text: str, model: str, candidates_pattern: str, what: str) -> None:
-    """An unknown timm name names the closest ones matching ``candidates_pattern``."""
+def check_timm_model(text: str, model: str, candidates_pattern: str, what: str, prefix: str = "") -> None:
+    """An unknown timm name (or one outside the kind's ``prefix``) names the closest ``candidates_pattern`` ones."""
     import timm
 
-    from zoo.errors import unknown_name
-
-    if not timm.is_model(model):
+    if not timm.is_model(model) or not model.startswith(prefix):
         raise unknown_name(what, model, timm.list_models(candidates_pattern))
 
 
 def file_or_dot_tag(text: str, kind: str, model: str, source: str | None, tag_example: str) -> None:
     """timm tags go after a dot; a third field must be a file."""
-    from zoo.teachers.base import looks_like_path
-
     if source is not None and not looks_like_path(source):
         raise ConfigError(
             f"teacher spec '{text}': '{source}' is not a weights file; a timm pretrained tag goes "
