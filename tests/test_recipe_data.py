@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from zoo.data import (CropDataset, DataWarning, StepBatchSampler, bundled_images, holdout_split, load_crop,
-                      load_images, random_crop_box, sample_rng, shared_resolution, student_view)
+from zoo.data import (RECORD_FIRST, CropDataset, DataWarning, StepBatchSampler, bundled_images, holdout_split,
+                      load_crop, load_images, random_crop_box, sample_rng, shared_resolution, student_view, walk_images)
 from zoo.errors import ConfigError, UnknownNameError, ZooError
 from zoo.recipe import Recipe, load_recipe, recipe_from_dict, shipped_recipes
 
@@ -325,6 +325,94 @@ def test_ranks_get_distinct_shards():
     assert step2 == [(2, slot) for slot in range(6)]
     with pytest.raises(ConfigError, match="divisible"):
         StepBatchSampler(0, 4, 5, 0, 2)
+
+
+def _looped_tree(root: Path) -> list[Path]:
+    """15 images in a/, a/b/, c/ with a directory symlink loop, a second link to c/ and a file symlink."""
+    files = _write_images(root / "a", 5) + _write_images(root / "a" / "b", 5) + _write_images(root / "c", 5)
+    (root / "a" / "b" / "loop").symlink_to(root / "a", target_is_directory=True)  # a/b/loop -> a (a cycle)
+    (root / "c-again").symlink_to(root / "c", target_is_directory=True)
+    (root / "a" / "same.png").symlink_to(files[-1])  # a file reached by two names
+    return files
+
+
+def test_symlink_loop_lists_each_file_once(tmp_path):
+    files = _looped_tree(tmp_path)
+    images, broken, duplicates = walk_images(tmp_path)
+    assert len(images) == 15 and not broken
+    assert sorted({p.resolve() for p in images}) == sorted(p.resolve() for p in files)
+    assert duplicates == 1  # a/same.png (the folders reached twice are not walked twice at all)
+    assert walk_images(tmp_path) == (images, broken, duplicates)  # deterministic
+
+
+def test_held_out_images_are_disjoint_from_training_by_resolved_path(tmp_path):
+    _looped_tree(tmp_path)
+    images = load_images("folder", str(tmp_path), holdout=4)
+    train = {p.resolve() for p in images.train}
+    held = {p.resolve() for p in images.holdout}
+    assert len(images.train) == len(train) == 11 and len(held) == 4 and not train & held
+    assert images.duplicates == 1 and images.describe()["duplicates"] == 1
+    # even when handed two names of one file, the split never trains on a held-out file
+    a = tmp_path / "a" / "img0.png"
+    twin = tmp_path / "twin.png"
+    twin.symlink_to(a)
+    for count in range(1, 3):
+        tr, he = holdout_split([a, twin, tmp_path / "a" / "img1.jpg"], count, tmp_path)
+        assert not {p.resolve() for p in tr} & {p.resolve() for p in he}
+
+
+def test_list_file_duplicates_and_dangling_links(tmp_path):
+    paths = _write_images(tmp_path / "imgs", 3)
+    (tmp_path / "imgs" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    listing = tmp_path / "train.txt"
+    listing.write_text("imgs/img0.png\n./imgs/img0.png\nimgs/../imgs/img1.jpg\nimgs/img1.jpg\nimgs/img2.png\n")
+    images = load_images("list", str(listing), holdout=1)
+    assert images.duplicates == 2 and sorted(p.resolve() for p in images.train + images.holdout) == sorted(paths)
+    with pytest.warns(DataWarning, match="skipped 1"):
+        folder = load_images("folder", str(tmp_path / "imgs"), holdout=1)
+    assert folder.skipped_names == ["dangling.png"]
+
+
+def test_skipped_count_names_and_verify_cost_are_on_the_image_set(tmp_path):
+    _write_images(tmp_path, 6)
+    for i in range(7):
+        (tmp_path / f"bad{i}.jpg").write_bytes(b"not an image")
+    with pytest.warns(DataWarning, match="skipped 7"):
+        images = load_images("folder", str(tmp_path), holdout=1)
+    assert images.skipped_count == 7 and images.skipped_names == [f"bad{i}.jpg" for i in range(RECORD_FIRST)]
+    assert images.verified == 13 and images.verify_seconds > 0
+    described = images.describe()
+    assert described["skipped_images"] == 7 and described["skipped_names"] == images.skipped_names
+    assert described["verified_images"] == 13 and isinstance(described["verify_seconds"], float)
+
+
+def test_verify_pass_is_bounded_by_the_limit(tmp_path, monkeypatch):
+    import zoo.data as data
+
+    _write_images(tmp_path, 12)
+    bad = sorted(tmp_path.iterdir())[:3]
+    for path in bad:
+        path.write_bytes(b"broken")
+    opened = []
+    real = data._readable
+    monkeypatch.setattr(data, "_readable", lambda p: opened.append(p) or real(p))
+    # 12 images > limit 5: only the held-out ones are decoded now (bad ones replaced), not the whole set
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        images = load_images("folder", str(tmp_path), holdout=2, verify_limit=5)
+    assert len(opened) == images.verified <= 5 and all(real(p) for p in images.holdout)
+    assert len(images.holdout) == 2 and set(images.skipped) <= set(bad)
+    assert len(images.train) + len(images.holdout) + len(images.skipped) == 12
+    opened.clear()
+    assert load_images("folder", str(tmp_path), holdout=2, verify_limit=0, warn=False).verified == 0 and not opened
+
+
+def test_data_path_with_bundled_source_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"'data\.path' \(/some/images\) is ignored by data\.source 'bundled'"):
+        load_recipe("smoke", ["data.path=/some/images"])
+    with pytest.raises(ConfigError, match="ignored by data.source 'bundled'"):
+        load_images("bundled", "/some/images")
+    assert load_recipe("smoke", ["data.path=/some/images", "data.source=auto"]).data.path == "/some/images"
 
 
 def test_no_warning_for_clean_folder(tmp_path):

@@ -6,6 +6,23 @@ the file's folder), or ``bundled`` sample images that ship with installed
 packages (scikit-learn, matplotlib, ultralytics). Unreadable images are
 skipped, counted and reported in one warning line.
 
+A folder is walked once per real directory (a directory symlink loop, or two
+links to one folder, is listed once) and every source is de-duplicated by
+resolved file path, so a file reached twice trains once and can never be both
+held out and trained on. ``data.path`` with ``data.source: bundled`` is a
+:class:`~zoo.errors.ConfigError` (the path would be ignored).
+
+For the run record (note to the distillation engine): :func:`load_images`
+returns an :class:`ImageSet` whose ``skipped`` (list of paths),
+``skipped_count``, ``skipped_names`` (the first :data:`RECORD_FIRST`, relative
+to the source root), ``duplicates`` (entries dropped as the same file),
+``verified`` (images decoded before the first step) and ``verify_seconds``
+(the time that took) describe the data; ``describe()`` returns all of them as
+plain JSON values. The verify pass is bounded by ``data.verify_limit``: up to
+that many images every one is decoded up front; above it only the held-out
+images are (evaluation has no fallback for a bad file) and the rest are
+checked lazily while training.
+
 Augmentation is random scale + crop: ONE crop box per image, drawn from a
 generator keyed on ``(seed, step, sample index)``; the crop is resized to a
 single *shared* resolution (the max of the student and teacher resolutions).
@@ -19,6 +36,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +59,7 @@ BUNDLED_IMAGES: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("ultralytics", "assets", None),
 )
 REPORT_FIRST = 3  # bad paths named in the warning line
+RECORD_FIRST = 5  # bad paths named in the run record
 
 
 class DataWarning(UserWarning):
@@ -69,12 +88,73 @@ def bundled_images() -> list[Path]:
     return found
 
 
+def walk_images(folder: Path) -> tuple[list[Path], list[Path], int]:
+    """``(images, broken, duplicates)`` under ``folder``: each real directory walked once.
+
+    Symlinks are followed, but a directory whose resolved path was already
+    walked (a symlink loop, or a second link to the same folder) is skipped,
+    and a file whose resolved path was already listed is counted in
+    ``duplicates`` instead of listed again. ``broken``: image names that are
+    not files (e.g. dangling symlinks). The walk is sorted, so the first path
+    to reach a file is always the same one.
+    """
+    images: list[Path] = []
+    broken: list[Path] = []
+    duplicates = 0
+    seen_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    stack = [Path(folder)]
+    while stack:
+        directory = stack.pop()
+        real = os.path.realpath(directory)
+        if real in seen_dirs:
+            continue
+        seen_dirs.add(real)
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError:  # unreadable folder: nothing to list in it (os.walk's behaviour)
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    subdirs.append(Path(entry.path))
+                    continue
+                if not _is_image(Path(entry.name)):
+                    continue
+                if not entry.is_file():
+                    broken.append(Path(entry.path))
+                    continue
+                # a plain entry's resolved path is its real folder + name: no syscall per file
+                resolved = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+            except OSError:
+                broken.append(Path(entry.path))
+                continue
+            if resolved in seen_files:
+                duplicates += 1
+                continue
+            seen_files.add(resolved)
+            images.append(Path(entry.path))
+        stack.extend(reversed(subdirs))
+    return sorted(images), broken, duplicates
+
+
 def folder_images(folder: Path) -> list[Path]:
-    """Every image under ``folder`` (recursive, symlinks followed), sorted."""
-    images = []
-    for root, _dirs, files in os.walk(folder, followlinks=True):
-        images.extend(Path(root) / name for name in files if _is_image(Path(name)))
-    return sorted(images)
+    """Every image under ``folder`` (recursive, symlinks followed, each file once), sorted."""
+    return walk_images(folder)[0]
+
+
+def unique_by_resolved_path(paths: Sequence[Path]) -> tuple[list[Path], int]:
+    """``(paths, dropped)``: the first of the paths that resolve to one file is kept, in order."""
+    seen: set[str] = set()
+    kept = []
+    for path in paths:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            kept.append(path)
+    return kept, len(paths) - len(kept)
 
 
 def list_file_images(list_file: Path) -> list[Path]:
@@ -89,8 +169,21 @@ def list_file_images(list_file: Path) -> list[Path]:
     return images
 
 
+def check_source(source: str, path: str | None) -> None:
+    """Refuse a ``data.path`` that ``data.source`` would ignore (one-line :class:`ConfigError`)."""
+    if source == "bundled" and path:
+        raise ConfigError(f"recipe key 'data.path' ({path}) is ignored by data.source 'bundled'; "
+                          "set data.source=auto (or folder/list) to read it, or drop data.path")
+
+
 def resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Path | None]:
     """``(source kind, image paths, root for relative names)`` of a recipe's ``data`` section."""
+    return _resolve_source(source, path)[:3]
+
+
+def _resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Path | None, list[Path], int]:
+    """As :func:`resolve_source`, plus the broken entries and the duplicates dropped while listing."""
+    check_source(source, path)
     if source == "auto":
         source = "bundled" if not path else ("folder" if Path(path).expanduser().is_dir() else "list")
     if source == "bundled":
@@ -98,7 +191,8 @@ def resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Path
         if not images:
             raise ZooError("no bundled sample images found (scikit-learn, matplotlib or ultralytics provide them); "
                            "give a folder with --set data.path=/path/to/images")
-        return source, images, None
+        images, duplicates = unique_by_resolved_path(images)
+        return source, images, None, [], duplicates
     if not path:
         raise ConfigError(f"recipe key 'data.path' is required for data.source '{source}' "
                           "(e.g. --set data.path=/path/to/images)")
@@ -106,11 +200,16 @@ def resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Path
     if source == "folder":
         if not where.is_dir():
             raise ZooError(f"image folder not found: {where}")
-        return source, folder_images(where), where
+        images, broken, duplicates = walk_images(where)
+        return source, images, where, broken, duplicates
     if source == "list":
         if not where.is_file():
             raise ZooError(f"image list file not found: {where}")
-        return source, list_file_images(where), where.parent
+        listed = list_file_images(where)
+        broken = [p for p in listed if not p.is_file()]
+        missing = set(broken)
+        images, duplicates = unique_by_resolved_path([p for p in listed if p not in missing])
+        return source, images, where.parent, broken, duplicates
     raise ConfigError(f"recipe key 'data.source' must be auto, bundled, folder or list, got '{source}'")
 
 
@@ -126,17 +225,31 @@ def _readable(path: Path) -> bool:
 
 @dataclass
 class ImageSet:
-    """The usable images of a source, split into train and held-out lists."""
+    """The usable images of a source, split into train and held-out lists (see the module docstring)."""
 
     source: str
     train: list[Path]
     holdout: list[Path]
     skipped: list[Path]
     root: Path | None
+    duplicates: int = 0  # listed entries dropped because they resolve to a file already listed
+    verified: int = 0  # images fully decoded before the first step
+    verify_seconds: float = 0.0  # time the verify pass took
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
+
+    @property
+    def skipped_names(self) -> list[str]:
+        """The first :data:`RECORD_FIRST` skipped files, relative to the source root."""
+        return [_relative(p, self.root) for p in self.skipped[:RECORD_FIRST]]
 
     def describe(self) -> dict[str, object]:
         return {"source": self.source, "root": str(self.root) if self.root else None, "train_images": len(self.train),
-                "holdout_images": len(self.holdout), "skipped_images": len(self.skipped)}
+                "holdout_images": len(self.holdout), "skipped_images": len(self.skipped),
+                "skipped_names": self.skipped_names, "duplicates": self.duplicates,
+                "verified_images": self.verified, "verify_seconds": round(self.verify_seconds, 3)}
 
 
 def _relative(path: Path, root: Path | None) -> str:
@@ -153,36 +266,88 @@ def holdout_split(paths: Sequence[Path], count: int, root: Path | None = None) -
 
     Deterministic, independent of listing order, and stable when images are added
     elsewhere (an image stays held out unless a smaller hash arrives). At least
-    one image is kept for training.
+    one image is kept for training. Disjoint by resolved path: an entry that is
+    the same file as a held-out one (a second link to it) is not trained on either.
     """
     count = max(0, min(count, len(paths) - 1))
     keyed = sorted(paths, key=lambda p: hashlib.sha1(_relative(p, root).encode()).hexdigest())
-    held = set(keyed[:count])
-    return [p for p in paths if p not in held], keyed[:count]
+    held: list[Path] = []
+    held_files: set[str] = set()
+    for path in keyed:
+        if len(held) == count:
+            break
+        resolved = os.path.realpath(path)
+        if resolved not in held_files:
+            held.append(path)
+            held_files.add(resolved)
+    train = [p for p in paths if os.path.realpath(p) not in held_files]
+    if not train and held:  # every entry was one file: keep it for training
+        return [held[0]], []
+    return train, held
 
 
 def load_images(source: str = "auto", path: str | None = None, holdout: int = 2, verify_limit: int = 20000,
                 warn: bool = True) -> ImageSet:
     """Find, check and split the images of a recipe's ``data`` section.
 
-    Up to ``verify_limit`` images are decoded up front; unreadable ones are
-    skipped and reported in one warning line. Larger sets are checked lazily
+    At most ``verify_limit`` images are decoded up front: all of them when the
+    source has no more than that, else only the held-out candidates (bad ones
+    are replaced by the next in hash order); the rest are checked lazily
     (:class:`CropDataset` substitutes a readable neighbour for a bad file).
+    Unreadable images are skipped and reported in one warning line; the count,
+    the first names and the verify cost are on the returned :class:`ImageSet`.
     """
-    kind, images, root = resolve_source(source, path)
-    missing = [p for p in images if not p.is_file()]
-    images = [p for p in images if p.is_file()]
-    bad = missing + ([p for p in images if not _readable(p)] if len(images) <= verify_limit else [])
-    bad_set = set(bad)
-    good = [p for p in images if p not in bad_set]
+    kind, images, root, bad, duplicates = _resolve_source(source, path)
+    started = time.perf_counter()
+    verified = 0
+    if len(images) <= verify_limit:
+        unreadable = [p for p in images if not _readable(p)]
+        verified = len(images)
+        bad_set = set(unreadable)
+        good = [p for p in images if p not in bad_set]
+        bad = bad + unreadable
+        train, held = holdout_split(good, holdout, root) if good else ([], [])
+    else:
+        good = images
+        train, held, unreadable, verified = _verified_holdout(images, holdout, root, verify_limit)
+        bad = bad + unreadable
+    seconds = time.perf_counter() - started
     if bad and warn:
         first = ", ".join(str(p) for p in bad[:REPORT_FIRST]) + (", ..." if len(bad) > REPORT_FIRST else "")
         warnings.warn(f"skipped {len(bad)} unreadable image(s): {first}", DataWarning, stacklevel=2)
-    if not good:
+    if not good or not train:
         where = root or "the bundled sample images"
         raise ZooError(f"no usable images in {where} ({len(bad)} unreadable; extensions: {' '.join(IMAGE_EXTENSIONS)})")
-    train, held = holdout_split(good, holdout, root)
-    return ImageSet(kind, train, held, bad, root)
+    return ImageSet(kind, train, held, bad, root, duplicates, verified, seconds)
+
+
+def _verified_holdout(images: list[Path], count: int, root: Path | None,
+                      limit: int) -> tuple[list[Path], list[Path], list[Path], int]:
+    """A large source: only the held-out images are decoded now (at most ``limit`` of them).
+
+    A bad held-out image is dropped and the split is redrawn (the next image in
+    hash order joins the held-out set). ``(train, held, unreadable, decoded)``.
+    """
+    readable: set[Path] = set()
+    unreadable: list[Path] = []
+    remaining = images
+    decoded = 0
+    while True:
+        train, held = holdout_split(remaining, count, root)
+        bad_now = []
+        for path in held:
+            if path in readable or decoded >= limit:
+                continue
+            decoded += 1
+            if _readable(path):
+                readable.add(path)
+            else:
+                bad_now.append(path)
+        if not bad_now:
+            return train, held, unreadable, decoded
+        unreadable.extend(bad_now)
+        bad_set = set(bad_now)
+        remaining = [p for p in remaining if p not in bad_set]
 
 
 # --------------------------------------------------------------------------- augmentation

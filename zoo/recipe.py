@@ -188,7 +188,10 @@ class Recipe:
         for path, ok, message in checks:
             if not ok:
                 raise ConfigError(f"recipe key '{path}' {message}")
+        from zoo.data import check_source
         from zoo.losses import BALANCING_METHODS
+
+        check_source(self.data.source, self.data.path)
 
         if self.loss.balancing not in BALANCING_METHODS:
             raise ConfigError(f"recipe key 'loss.balancing' must be one of {', '.join(BALANCING_METHODS)}, "
