@@ -234,7 +234,7 @@ def test_search_proxy_reads_the_cache(tmp_path):
     result = runner.invoke(cli, ["cache", "build", "--recipe", "search-proxy", *small, "--out", str(cache),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["search", "--n-trials", "1", "--out", str(tmp_path / "s"), "--quiet",
+    result = runner.invoke(cli, ["search", "run", "--n-trials", "1", "--out", str(tmp_path / "s"), "--quiet",
                                  "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study-name", "c",
                                  "--limit", "dim=32", "--bench-repeats", "1", "--bench-steps", "1",
                                  *small, "--teacher-cache", str(cache)])
@@ -242,9 +242,42 @@ def test_search_proxy_reads_the_cache(tmp_path):
     records = [json.loads(p.read_text()) for p in (tmp_path / "s").glob("*/summary.json")]
     assert len(records) == 1 and records[0]["teacher_cache"] and records[0]["fd_loss"] is not None
     # A cache built for another resolution is refused with one line.
-    result = runner.invoke(cli, ["search", "--n-trials", "2", "--out", str(tmp_path / "s"), "--quiet",
+    result = runner.invoke(cli, ["search", "run", "--n-trials", "2", "--out", str(tmp_path / "s"), "--quiet",
                                  "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study-name", "c96",
                                  "--limit", "dim=32", *small, "--set", "train.resolution=96",
                                  "--teacher-cache", str(cache)])
     assert result.exit_code == 2, result.output
     assert "does not fit" in result.output and "Traceback" not in result.output
+
+
+def test_phi_s_statistics_are_stored_by_the_build(recipe, teachers, built):
+    """The build estimates PHI-S over every stored entry: standardised targets have unit variance per channel."""
+    cache = TeacherCache(built)
+    entry = cache.manifest["standardize"]
+    assert entry["method"] == "phi-s" and entry["teachers"]["dinov2"]["features"]["samples"] > 0
+    standardizer = cache.standardizer
+    assert sorted(cache.standardizers) == sorted(cache.names) == sorted(standardizer.names)
+    assert set(cache.standardizers["clip"]) >= {"summary.mean", "summary.rotation", "features.scale"}
+    targets = cache.targets(range(cache.rows))
+    standardized = standardizer.standardize(targets)
+    for name in cache.names:
+        summary = standardized[name].summary
+        features = standardized[name].features.movedim(1, -1).flatten(0, -2)  # every location one vector
+        assert entry["teachers"][name]["features"]["samples"] == features.shape[0]
+        for values in (summary, features):
+            torch.testing.assert_close(values.var(0, unbiased=True), torch.ones(values.shape[1]), atol=2e-3, rtol=0)
+        back = standardizer.destandardize(standardized)[name]
+        torch.testing.assert_close(back.features, targets[name].features, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_imports_no_engine_above_it():
+    """zoo.cache uses zoo.teachers/progress/versions/devices, never zoo.distill (which imports it)."""
+    import ast
+
+    folder = Path(__file__).resolve().parent.parent / "zoo" / "cache"
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[:2] in (["zoo", "distill"], ["zoo", "bench"],
+                                                                  ["zoo", "commands"], ["zoo", "cli"])], path

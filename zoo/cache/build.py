@@ -57,10 +57,10 @@ def build_cache(
     called before any teacher runs; ``on_shard(i)`` after shard ``i`` is recorded
     (tests use it to interrupt a build).
     """
-    from zoo.cache.stats import StatsPass, available as stats_available
+    from zoo.cache.stats import StatsPass, stats_ok
     from zoo.devices import resolve_device
     from zoo.progress import progress_bar
-    from zoo.teachers import prepare_teachers
+    from zoo.teachers import TeacherOutput, prepare_teachers
     from zoo.versions import versions
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -100,7 +100,7 @@ def build_cache(
     schedule = view_schedule(dataset, views)
     table, index_sha256 = _index(out, manifest, table, schedule, dataset)
     if manifest is not None and manifest.get("complete") and not todo and manifest.get("format") == CACHE_FORMAT \
-            and manifest.get("index_sha256") == index_sha256 and (manifest.get("standardize") or not stats_available()):
+            and manifest.get("index_sha256") == index_sha256 and stats_ok(out, manifest.get("standardize")):
         return manifest  # already built
 
     base = {"format": CACHE_FORMAT, "kind": "teacher-cache", **settings, "fingerprint": fingerprint,
@@ -115,7 +115,7 @@ def build_cache(
         return record
 
     names = [t.name for t in teacher_list]
-    stats = StatsPass(described)
+    stats = StatsPass()
     with _resume_hint(done, shards_total):
         write_manifest(False)
         bar = progress_bar(progress)
@@ -129,8 +129,8 @@ def build_cache(
                 files = _write_shard(folder, names, arrays,
                                      sum(estimate_bytes(described, _rows_of(i, rows, shard_size), dtype)
                                          for i in todo if i > index))
-                for (teacher, part), array in arrays.items():  # the stored values: what training will read
-                    stats.update(index, teacher, part, decode(array, dtype))
+                stats.update(index, {name: TeacherOutput(decode(arrays[(name, "summary")], dtype),  # as stored
+                                                         decode(arrays[(name, "features")], dtype)) for name in names})
                 done[index] = {"index": index, "name": shard_name(index), "start": start, "rows": stop - start,
                                "files": files}
                 try:
@@ -142,7 +142,7 @@ def build_cache(
                 if on_shard is not None:
                     on_shard(index)
         # Kept shards of a resumed (or upgraded) build were not seen by this process: read them back.
-        stats.feed_stored(out, done, dtype)
+        stats.feed_stored(out, done, names, dtype)
         return write_manifest(True, {"standardize": stats.save(out)})
 
 

@@ -69,7 +69,7 @@ class TeacherCache:
         self.teachers = self.manifest["fingerprint"]["teachers"]
         self.names = [t["name"] for t in self.teachers]
         self._arrays: dict[tuple[int, str, str], np.ndarray] = {}
-        self._standardizers: dict[str, dict[str, Any]] | None = None
+        self._stats: tuple[dict[str, torch.Tensor] | None] | None = None  # loaded on first use
         if self.table.rows != self.rows:
             raise CacheError(f"teacher cache {self.path}: the index has {self.table.rows} entries, the manifest "
                              f"{self.rows}; rebuild it")
@@ -166,14 +166,31 @@ class TeacherCache:
             raise CacheMismatchError(f"teacher cache {self.path} does not fit this run: {difference}")
 
     @property
-    def standardizers(self) -> dict[str, dict[str, Any]] | None:
-        """PHI-S statistics of every teacher over all stored entries, ``{teacher: state_dict}`` (None: a cache
-        built before they were stored; run zoo cache build again to add them without running the teachers)."""
-        from zoo.cache.stats import load_stats
+    def standardizer(self) -> Any:
+        """The PHI-S transforms the build estimated over every stored entry: a
+        :class:`zoo.standardize.TeacherStandardizer` (None: no statistics in this cache)."""
+        from zoo.standardize import TeacherStandardizer
 
-        if self._standardizers is None and self.manifest.get("standardize"):
-            self._standardizers = load_stats(self.path, self.manifest["standardize"])
-        return self._standardizers
+        state = self._stats_state()
+        return None if state is None else TeacherStandardizer.from_state_dict(state)
+
+    @property
+    def standardizers(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        """The same statistics per teacher: ``{teacher: {"summary.<buffer>": tensor, "features.<buffer>": ...}}``
+        (buffers of :class:`zoo.standardize.PhiS`); None when the cache has none (built by an older zoo, or
+        too few entries): run zoo cache build again to add them without running the teachers."""
+        from zoo.cache.stats import per_teacher
+
+        state = self._stats_state()
+        return None if state is None else per_teacher(state)
+
+    def _stats_state(self) -> dict[str, torch.Tensor] | None:
+        from zoo.cache.stats import load_state
+
+        if self._stats is None:
+            entry = self.manifest.get("standardize")
+            self._stats = (load_state(self.path, entry) if entry else None,)
+        return self._stats[0]
 
     def _array(self, shard: int, teacher: str, part: str) -> np.ndarray:
         key = (shard, teacher, part)

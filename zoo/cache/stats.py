@@ -1,102 +1,114 @@
 """PHI-S statistics of the stored teacher outputs, gathered while the cache is built.
 
 The build feeds every teacher's summary and spatial features of every entry to
-one :mod:`zoo.standardize` estimator per teacher (the values as stored, i.e.
-after fp16/bf16 rounding: exactly what training reads). Shards kept from an
-interrupted build are read back from disk, so the statistics always cover the
-whole cache whatever the interruptions. They are always gathered, whatever the
-recipe's ``loss.standardize``: a cache serves every student of a sweep and the
-loss settings are not part of its fingerprint, and the pass costs a small
-fraction of the teachers' forward (a ``D x D`` covariance update per location).
+a :class:`zoo.standardize.StandardizerEstimator` in the same pass that writes
+the shards, using the values as stored (after fp16/bf16 rounding: exactly what
+training reads). Shards kept from an interrupted build are read back from disk,
+so the statistics always cover the whole cache, whatever the interruptions.
 
-Stored as ``standardize.safetensors`` (tensors, key ``<teacher>/<state key>``),
-its sha256 and the estimators' other state (numbers) in the manifest's
-``standardize`` entry.
+They are always gathered, whatever the recipe's ``loss.standardize``: a cache
+serves every student of a sweep and the loss settings are not part of its
+fingerprint, so a cache built for plain training must serve a PHI-S run too;
+and the pass is cheap (a ``C x C`` outer-product update per feature location,
+well under 1% of a ViT teacher's forward; one eigendecomposition per teacher
+and part at the end).
+
+Stored as ``standardize.safetensors``: the finalized
+:class:`~zoo.standardize.TeacherStandardizer` ``state_dict()`` (keys
+``<part>.<teacher>.<buffer>``), its sha256 in the manifest's ``standardize``
+entry with, per teacher and part, the number of vectors and the scale.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from zoo.cache.format import SHARD_DIR, STATS_FILE, CacheError, decode, file_checksum, shard_files, shard_name
 
-
-def available() -> bool:
-    """Whether this zoo has the PHI-S estimator."""
-    try:
-        import zoo.standardize  # noqa: F401
-    except ImportError:
-        return False
-    return True
+READ_BACK_ROWS = 64  # entries per update when a kept shard is read back (bounded memory)
 
 
 class StatsPass:
-    """One estimator per teacher, fed shard by shard (each shard once)."""
+    """The statistics of every entry of a build, fed shard by shard (each shard exactly once)."""
 
-    def __init__(self, teachers: Sequence[dict[str, Any]]) -> None:
-        self.enabled = available()
+    def __init__(self) -> None:
+        from zoo.standardize import StandardizerEstimator
+
+        self.estimator = StandardizerEstimator()
         self.fed: set[int] = set()
-        self.estimators: dict[str, Any] = {}
-        if self.enabled:
-            from zoo.standardize import new_estimator
 
-            self.estimators = {t["name"]: new_estimator(t) for t in teachers}
-
-    def update(self, shard: int, teacher: str, part: str, values: torch.Tensor) -> None:
-        if self.enabled:
-            self.estimators[teacher].update(part, values)
+    def update(self, shard: int, outputs: dict[str, Any]) -> None:
+        """``outputs``: ``{teacher: TeacherOutput}`` of all entries of ``shard`` (float, as stored)."""
+        if shard not in self.fed:
+            self.estimator.update(outputs)
             self.fed.add(shard)
 
-    def feed_stored(self, out: Path, done: dict[int, dict[str, Any]], dtype: str) -> None:
+    def feed_stored(self, out: Path, done: dict[int, dict[str, Any]], names: list[str], dtype: str) -> None:
         """Read back the recorded shards this process did not compute (resumed or upgraded builds)."""
-        if not self.enabled:
-            return
+        from zoo.teachers import TeacherOutput
+
         for index in sorted(set(done) - self.fed):
             folder = out / SHARD_DIR / shard_name(index)
-            for file, teacher, part in shard_files(list(self.estimators)):
-                array = np.load(folder / file, mmap_mode="r", allow_pickle=False)
-                for first in range(0, array.shape[0], 64):  # bounded memory on large shards
-                    self.estimators[teacher].update(part, decode(array[first:first + 64], dtype))
+            arrays = {(teacher, part): np.load(folder / file, mmap_mode="r", allow_pickle=False)
+                      for file, teacher, part in shard_files(names)}
+            rows = int(done[index]["rows"])
+            for first in range(0, rows, READ_BACK_ROWS):
+                self.estimator.update({name: TeacherOutput(
+                    decode(arrays[(name, "summary")][first:first + READ_BACK_ROWS], dtype),
+                    decode(arrays[(name, "features")][first:first + READ_BACK_ROWS], dtype)) for name in names})
             self.fed.add(index)
 
-    def save(self, out: Path) -> dict[str, Any] | None:
-        """Write the statistics file; the manifest entry (None when this zoo has no estimator)."""
-        if not self.enabled:
-            return None
+    def save(self, out: Path) -> dict[str, Any]:
+        """Finalize, write the statistics file atomically; the manifest entry."""
         from safetensors.torch import save
 
         from zoo.atomic import atomic_write_bytes
 
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, dict[str, Any]] = {}
-        for name, estimator in self.estimators.items():
-            for key, value in estimator.state_dict().items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{name}/{key}"] = value.detach().cpu().contiguous()
-                else:
-                    meta.setdefault(name, {})[key] = value
-        data = save(tensors)
+        try:
+            standardizer = self.estimator.finalize()
+        except ValueError as err:  # e.g. a one-entry cache: no covariance from one vector
+            return {"method": "phi-s", "file": None, "skipped": str(err)}
+        state = {k: v.detach().cpu().contiguous() for k, v in standardizer.state_dict().items()}
+        data = save(state)
         atomic_write_bytes(out / STATS_FILE, data)
         return {"method": "phi-s", "file": STATS_FILE, "sha256": hashlib.sha256(data).hexdigest(),
-                "teachers": list(self.estimators), "state": meta}
+                "teachers": standardizer.describe()}
 
 
-def load_stats(path: Path, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{teacher: state_dict}`` as stored by :meth:`StatsPass.save`; a changed or missing file is refused."""
-    from safetensors.torch import load_file
+def load_state(path: Path, entry: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The stored ``TeacherStandardizer.state_dict()`` (None when the build skipped it); a changed or missing
+    file is refused with one line."""
+    from safetensors.torch import load
 
+    if not entry.get("file"):
+        return None
     file = path / entry["file"]
-    if not file.is_file() or file_checksum(file) != entry["sha256"]:
+    data = file.read_bytes() if file.is_file() else None
+    if data is None or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
         raise CacheError(f"teacher cache {path}: {entry['file']} is missing or changed since the build; run the "
                          "same zoo cache build command again to recompute it (no teacher runs)")
-    tensors = load_file(str(file))
-    states: dict[str, dict[str, Any]] = {name: dict(entry.get("state", {}).get(name, {})) for name in entry["teachers"]}
-    for key, value in tensors.items():
-        name, _, state_key = key.partition("/")
-        states[name][state_key] = value
-    return states
+    return load(data)
+
+
+def per_teacher(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``{teacher: {"<part>.<buffer>": tensor}}`` from a ``TeacherStandardizer`` state (``<part>.<teacher>.<buffer>``)."""
+    result: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        part, teacher, buffer = key.split(".")
+        result.setdefault(teacher, {})[f"{part}.{buffer}"] = value
+    return result
+
+
+def stats_ok(path: Path, entry: dict[str, Any] | None) -> bool:
+    """Whether a manifest's statistics entry is present and its file intact."""
+    if not entry:
+        return False
+    if not entry.get("file"):
+        return True  # skipped on purpose (too few entries): nothing to redo
+    file = path / entry["file"]
+    return file.is_file() and file_checksum(file) == entry.get("sha256")
