@@ -10,6 +10,11 @@ Variants (``ERADIO_VARIANTS``): ``xt``, ``t``, ``s``, ``b-noup`` (no neck),
 ``b`` (neck 1024), ``l`` (neck 1536), and the neck versions ``xt-up``,
 ``t-up``, ``s-up`` (neck 8d = 512 / 640 / 768, the width rule of B and L).
 timm names use underscores: ``eradio_b_noup``, ``eradio_xt_up``...
+
+The package is standalone (torch, timm, ultralytics' C2f; nothing from
+``zoo``). Errors are :mod:`eradio.errors` types (``ValueError`` subclasses
+with one-line messages). Weights: :func:`eradio.checkpoint.load_weights` takes a
+state dict in this package's layout or the reference implementation's.
 """
 
 from __future__ import annotations
@@ -20,23 +25,44 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 
-from eradio import blocks
+from eradio import blocks, checkpoint, errors
+from eradio.checkpoint import load_weights
 from eradio.config import ERADIO_VARIANTS, ERadioConfig, as_config, variant_config
-from eradio.model import DEFAULT_WINDOW_CAP, MIN_WINDOW, SIZE_RULE, STRIDE, ERadio, pick_window_size
-from zoo.errors import ConfigError, WeightsNotFoundError
+from eradio.errors import ERadioConfigError, ERadioError, ERadioResolutionError, StateDictError, WeightsNotFoundError
+from eradio.model import (
+    DEFAULT_WINDOW_CAP,
+    MIN_SIDE,
+    MIN_WINDOW,
+    STRIDE,
+    ERadio,
+    as_hw,
+    check_input_size,
+    pick_window_size,
+)
 
 __all__ = [
     "ERADIO_VARIANTS",
     "ERadio",
     "ERadioConfig",
+    "ERadioConfigError",
+    "ERadioError",
+    "ERadioResolutionError",
     "DEFAULT_WINDOW_CAP",
+    "MIN_SIDE",
     "MIN_WINDOW",
-    "SIZE_RULE",
     "STRIDE",
+    "StateDictError",
+    "WeightsNotFoundError",
     "as_config",
+    "as_hw",
     "blocks",
+    "check_input_size",
+    "checkpoint",
     "create_eradio",
+    "errors",
+    "load_weights",
     "pick_window_size",
+    "timm_name",
     "variant_config",
 ]
 
@@ -54,14 +80,16 @@ def create_eradio(variant: str, pretrained: bool = False, num_classes: int = 100
     """Build variant ``variant`` (timm-style keyword arguments; config fields override the variant).
 
     ``pretrained=True`` needs a local file: ``pretrained_cfg_overlay=dict(file=PATH)``
-    (no E-RADIO weights are downloaded).
+    (no E-RADIO weights are downloaded), in this package's key layout or the
+    reference implementation's (:func:`eradio.checkpoint.load_weights`), read with
+    timm's loader (weights only).
     """
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     for key in _TIMM_PASSTHROUGH:
         kwargs.pop(key, None)
     fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONFIG_FIELDS}
     if kwargs:
-        raise ConfigError(
+        raise ERadioConfigError(
             f"{timm_name(variant)}: unknown argument(s) {', '.join(sorted(kwargs))}; "
             f"E-RADIO takes num_classes and the ERadioConfig fields {', '.join(sorted(_CONFIG_FIELDS))}"
         )
@@ -73,9 +101,9 @@ def create_eradio(variant: str, pretrained: bool = False, num_classes: int = 100
                 f"{timm_name(variant)}: no published weights; pass pretrained_cfg_overlay=dict(file=PATH) "
                 "with a local checkpoint"
             )
-        from zoo.checkpoints import load_state_dict_file
+        from timm.models import load_state_dict
 
-        model.load_state_dict(load_state_dict_file(file))
+        load_weights(model, load_state_dict(str(file), weights_only=True), name=timm_name(variant))
     return model
 
 

@@ -24,7 +24,7 @@ from timm.layers import DropPath, Mlp, use_fused_attn
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from eradio.config import RESAMPLE_MODES
+from eradio.config import LARGE_WINDOW_MODES, RESAMPLE_MODES
 
 Window = tuple[int, int]
 
@@ -47,13 +47,21 @@ def as_window(window: int | Sequence[int]) -> Window:
     return (height, width)
 
 
-def fit_window(window: Window, height: int, width: int) -> Window:
-    """A window no larger than the map (a larger one is the whole map: global attention).
+def fit_window(window: Window, height: int, width: int, large_window: str = "clamp") -> Window:
+    """The window used on a ``height x width`` map.
+
+    ``large_window="clamp"``: a window larger than the map shrinks to the map
+    (one window, global attention, no padding tokens); ``"pad"``: it stays, and
+    :func:`window_partition` zero-pads the map up to it (the reference).
 
     ``int()`` makes the map size concrete under torch.compile: with symbolic
     sizes the window (and every table derived from it) would be symbolic too,
     which makes dynamic-shape tracing crawl. A new input size recompiles instead.
     """
+    if large_window == "pad":
+        return (int(window[0]), int(window[1]))
+    if large_window != "clamp":
+        raise ValueError(f"large_window must be one of {LARGE_WINDOW_MODES}, got {large_window!r}")
     return (min(window[0], int(height)), min(window[1], int(width)))
 
 
@@ -155,16 +163,16 @@ class Neck(nn.Module):
 def window_partition(x: torch.Tensor, window: Window) -> tuple[torch.Tensor, Window]:
     """``[B, C, H, W]`` -> tokens ``[B * windows, wh * ww, C]`` and the padded size.
 
-    A map that is not a multiple of the window is reflect-padded (not zero-
-    padded: zeros would be attended to as real tokens); :func:`window_reverse`
-    crops back.
+    A map that is not a multiple of the window is zero-padded at the bottom
+    and right, as the reference implementation does (its weights only give
+    its outputs that way); :func:`window_reverse` crops back.
     """
     batch, channels = x.shape[:2]
     height, width = int(x.shape[-2]), int(x.shape[-1])  # concrete under torch.compile (see fit_window)
     win_h, win_w = window
     pad_h, pad_w = (-height) % win_h, (-width) % win_w
     if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros
     padded_h, padded_w = height + pad_h, width + pad_w
     x = x.reshape(batch, channels, padded_h // win_h, win_h, padded_w // win_w, win_w)
     tokens = x.permute(0, 2, 4, 3, 5, 1).reshape(-1, win_h * win_w, channels)
@@ -189,9 +197,10 @@ def window_reverse(tokens: torch.Tensor, window: Window, size: Window, padded: W
 def relative_coords_table(window: Window, reference: Window, device: torch.device | None = None) -> torch.Tensor:
     """SwinV2 log-spaced relative offsets of a window, ``[(2wh-1) * (2ww-1), 2]``.
 
-    Offsets are divided by ``reference - 1`` (the window the model was built
-    for), so they lie in [-1, 1] at that window and keep their meaning at
-    others; then scaled by 8 and mapped to ``sign(x) log2(1 + |x|) / log2(8)``.
+    Offsets are divided by ``reference - 1`` (``reference = window``: they span
+    [-1, 1] of the window in use; the build-time window: they keep one meaning
+    at every window), then scaled by 8 and mapped to
+    ``sign(x) log2(1 + |x|) / log2(8)``.
     """
     axes = []
     for size, ref in zip(window, reference):
@@ -220,17 +229,22 @@ class ContinuousPositionBias(nn.Module):
     other window, or training, computes it afresh.
     """
 
-    def __init__(self, num_heads: int, hidden: int = 512, reference_window: Window = (7, 7)) -> None:
+    def __init__(self, num_heads: int, hidden: int = 512, reference_window: Window = (7, 7),
+                 norm_window: str = "current") -> None:
         super().__init__()
+        if norm_window not in ("current", "build"):
+            raise ValueError(f"norm_window must be 'current' or 'build', got {norm_window!r}")
         self.num_heads = num_heads
         self.reference_window = as_window(reference_window)
+        self.norm_window = norm_window
         self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_heads, bias=False))
         self.register_buffer("cached_bias", None, persistent=False)
         self.cached_window: Window | None = None
 
     def compute(self, window: Window) -> torch.Tensor:
         device = self.mlp[0].weight.device
-        table = relative_coords_table(window, self.reference_window, device)
+        reference = window if self.norm_window == "current" else self.reference_window
+        table = relative_coords_table(window, reference, device)
         index = relative_position_index(window, device)
         bias = self.mlp(table)[index]  # [N * N, heads]
         tokens = window[0] * window[1]
@@ -259,14 +273,15 @@ class WindowAttention(nn.Module):
     bias-free output projection.
     """
 
-    def __init__(self, dim: int, num_heads: int, cpb_hidden: int = 512, reference_window: Window = (7, 7)) -> None:
+    def __init__(self, dim: int, num_heads: int, cpb_hidden: int = 512, reference_window: Window = (7, 7),
+                 cpb_norm_window: str = "current") -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
-        self.pos_bias = ContinuousPositionBias(num_heads, cpb_hidden, reference_window)
+        self.pos_bias = ContinuousPositionBias(num_heads, cpb_hidden, reference_window, cpb_norm_window)
 
     def forward(self, x: torch.Tensor, window: Window) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -292,10 +307,11 @@ class WindowBlock(nn.Module):
         drop_path: float = 0.0,
         cpb_hidden: int = 512,
         reference_window: Window = (7, 7),
+        cpb_norm_window: str = "current",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, cpb_hidden, reference_window)
+        self.attn = WindowAttention(dim, num_heads, cpb_hidden, reference_window, cpb_norm_window)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, bias=False)
@@ -322,15 +338,19 @@ class MRABlock(nn.Module):
     ``resample="pool"`` (the reference XT, T, S): average pooling + 1x1
     ConvBN down, 1x1 ConvBN + nearest up-sampling back (the 1x1 conv runs
     before the up-sampling, which gives the same result for less work).
-    A map that is not a multiple of the ratio is reflect-padded and cropped
-    back. ``ratio == 1``: window attention at full resolution. Either way the
-    block ends with :func:`half_mix`.
+    A map that is not a multiple of the ratio is edge-padded (replicate:
+    unlike reflection it works when the pad exceeds the map, e.g. ratio 4 on a
+    2x2 map) and cropped back; the reference never meets this case (its
+    ratio 2 always divides the stage-3 map). ``ratio == 1``: window attention
+    at full resolution. Either way the block ends with :func:`half_mix`.
     """
 
     def __init__(self, dim: int, num_heads: int, ratio: int, mlp_ratio: float, drop_path: float,
-                 cpb_hidden: int, reference_window: Window, resample: str = "conv") -> None:
+                 cpb_hidden: int, reference_window: Window, resample: str = "conv",
+                 cpb_norm_window: str = "current", large_window: str = "clamp") -> None:
         super().__init__()
         self.ratio = ratio
+        self.large_window = large_window
         if ratio == 1:
             self.down = self.up = nn.Identity()
         elif resample == "conv":
@@ -341,7 +361,7 @@ class MRABlock(nn.Module):
             self.up = nn.Sequential(ConvBN(dim, dim, 1, 1, 0), nn.Upsample(scale_factor=ratio, mode="nearest"))
         else:
             raise ValueError(f"resample must be one of {RESAMPLE_MODES}, got {resample!r}")
-        self.block = WindowBlock(dim, num_heads, mlp_ratio, drop_path, cpb_hidden, reference_window)
+        self.block = WindowBlock(dim, num_heads, mlp_ratio, drop_path, cpb_hidden, reference_window, cpb_norm_window)
 
     def forward(self, x: torch.Tensor, window: Window) -> torch.Tensor:
         skip = x
@@ -349,10 +369,10 @@ class MRABlock(nn.Module):
         if self.ratio > 1:
             pad_h, pad_w = (-height) % self.ratio, (-width) % self.ratio
             if pad_h or pad_w:
-                x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+                x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         y = self.down(x)
         size = (int(y.shape[-2]), int(y.shape[-1]))
-        window = fit_window(window, *size)
+        window = fit_window(window, *size, self.large_window)
         tokens, padded = window_partition(y, window)
         y = window_reverse(self.block(tokens, window), window, size, padded)
         y = self.up(y)
@@ -365,10 +385,13 @@ class MRALayer(nn.Module):
     """Multi-resolution attention: one :class:`MRABlock` per sub-sampling ratio, in order."""
 
     def __init__(self, dim: int, num_heads: int, ratios: Sequence[int], mlp_ratio: float, drop_path: float,
-                 cpb_hidden: int, reference_window: Window, resample: str = "conv") -> None:
+                 cpb_hidden: int, reference_window: Window, resample: str = "conv",
+                 cpb_norm_window: str = "current", large_window: str = "clamp") -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            MRABlock(dim, num_heads, r, mlp_ratio, drop_path, cpb_hidden, reference_window, resample) for r in ratios
+            MRABlock(dim, num_heads, r, mlp_ratio, drop_path, cpb_hidden, reference_window, resample,
+                     cpb_norm_window, large_window)
+            for r in ratios
         )
 
     def forward(self, x: torch.Tensor, window: Window) -> torch.Tensor:
@@ -399,11 +422,13 @@ class MRAStage(AttentionStage):
     """Stage 3: ``depth`` MRA layers, every block with the same run-time window."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, ratios: Sequence[int], window: Window,
-                 mlp_ratio: float, drop_path: Sequence[float], cpb_hidden: int, resample: str = "conv") -> None:
+                 mlp_ratio: float, drop_path: Sequence[float], cpb_hidden: int, resample: str = "conv",
+                 cpb_norm_window: str = "current", large_window: str = "clamp") -> None:
         super().__init__()
         self.window = as_window(window)
         self.layers = nn.ModuleList(
-            MRALayer(dim, num_heads, ratios, mlp_ratio, drop_path[i], cpb_hidden, self.window, resample)
+            MRALayer(dim, num_heads, ratios, mlp_ratio, drop_path[i], cpb_hidden, self.window, resample,
+                     cpb_norm_window, large_window)
             for i in range(depth)
         )
 
@@ -420,11 +445,14 @@ class WindowStage(AttentionStage):
     """Stage 4: the map is split into windows once and every block runs on the window tokens."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window: Window, mlp_ratio: float,
-                 drop_path: Sequence[float], cpb_hidden: int) -> None:
+                 drop_path: Sequence[float], cpb_hidden: int, cpb_norm_window: str = "current",
+                 large_window: str = "clamp") -> None:
         super().__init__()
         self.window = as_window(window)
+        self.large_window = large_window
         self.blocks = nn.ModuleList(
-            WindowBlock(dim, num_heads, mlp_ratio, drop_path[i], cpb_hidden, self.window) for i in range(depth)
+            WindowBlock(dim, num_heads, mlp_ratio, drop_path[i], cpb_hidden, self.window, cpb_norm_window)
+            for i in range(depth)
         )
 
     def pos_bias_modules(self) -> list[ContinuousPositionBias]:
@@ -434,7 +462,7 @@ class WindowStage(AttentionStage):
         if not len(self.blocks):
             return x
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        window = fit_window(self.window, *size)
+        window = fit_window(self.window, *size, self.large_window)
         tokens, padded = window_partition(x, window)
         for block in self.blocks:
             # Same even mix as the MRA blocks (the reference applies it in every attention block).

@@ -1,7 +1,7 @@
 """One configuration object for every E-RADIO knob, and the named variants.
 
 ``ERadioConfig`` is validated when it is created: any value the network
-cannot be built with raises :class:`zoo.errors.ConfigError` naming the field,
+cannot be built with raises :class:`eradio.errors.ERadioConfigError` naming the field,
 so an architecture search can sample configs freely and get a clear reason
 for every refusal. Change a field with :func:`dataclasses.replace` (the
 result is validated again).
@@ -14,10 +14,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from zoo.errors import ConfigError, unknown_name
+from eradio.errors import ERadioConfigError as ConfigError
+from eradio.errors import UnknownVariantError, closest
 
 NUM_STAGES = 4
 RESAMPLE_MODES = ("conv", "pool")  # see ERadioConfig.mra_resample
+CPB_NORM_MODES = ("current", "build")  # see ERadioConfig.cpb_norm_window
+LARGE_WINDOW_MODES = ("clamp", "pad")  # see ERadioConfig.large_window
 
 
 def _as_int_tuple(name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
@@ -43,15 +46,24 @@ class ERadioConfig:
         depths: C2f bottlenecks in stages 1-2, MRA layers in stage 3,
             attention blocks in stage 4.
         num_heads: attention heads per stage (stages 1-2 do not use theirs).
-        window_size: attention window of stage 3 and of stage 4 (an int sets
-            both). It is also the window the position-bias coordinates are
-            normalised by (SwinV2's "pretrained window"), so a model trained at
-            window 7 and run at window 16 sees the same bias for the same
-            offset; :meth:`eradio.ERadio.set_window_size` changes the window
-            used at run time.
+        window_size: attention window of stage 3 and of stage 4 at build time
+            (an int sets both); :meth:`eradio.ERadio.set_window_size` changes
+            the window used at run time.
+        cpb_norm_window: which window the position-bias offsets are divided by
+            before the log-spacing. ``"current"`` (default, as the reference
+            implementation): the window in use, so offsets always span [-1, 1]
+            of the window. ``"build"``: ``window_size`` above (SwinV2's
+            ``pretrained_window_size``), so the same offset gets the same bias
+            at any run-time window; pick it for models trained that way.
+        large_window: what a window larger than the feature map it runs on
+            does. ``"clamp"`` (default): it shrinks to the map (one window,
+            global attention, no padding tokens). ``"pad"`` (the reference
+            implementation): the map is zero-padded up to the full window.
+            Windows smaller than the map that do not divide it are zero-padded
+            either way.
         mra_ratios: sub-sampling ratio of each attention block of an MRA layer
-            (stage 3); ``[2, 1]`` = one block at half resolution, one at full
-            resolution.
+            (stage 3), in the order they run; ``[2, 1]`` = a block at half
+            resolution, then one at full resolution (``[1, 2]``: E-RADIO-S).
         mra_resample: how a ratio-r block changes resolution: ``"conv"``
             (r x r stride-r conv down, transposed conv up; E-RADIO B and L) or
             ``"pool"`` (average pool + 1x1 ConvBN down, 1x1 ConvBN + nearest
@@ -69,6 +81,8 @@ class ERadioConfig:
     depths: tuple[int, ...] = (3, 3, 5, 5)
     num_heads: tuple[int, ...] = (2, 4, 8, 16)
     window_size: tuple[int, ...] = (7, 7)
+    cpb_norm_window: str = "current"
+    large_window: str = "clamp"
     mra_ratios: tuple[int, ...] = (2, 1)
     mra_resample: str = "conv"
     mlp_ratio: float = 4.0
@@ -112,6 +126,10 @@ class ERadioConfig:
             fail("mra_ratios", "needs at least one sub-sampling ratio, each >= 1")
         if self.mra_resample not in RESAMPLE_MODES:
             fail("mra_resample", f"must be one of {', '.join(RESAMPLE_MODES)}")
+        if self.cpb_norm_window not in CPB_NORM_MODES:
+            fail("cpb_norm_window", f"must be one of {', '.join(CPB_NORM_MODES)}")
+        if self.large_window not in LARGE_WINDOW_MODES:
+            fail("large_window", f"must be one of {', '.join(LARGE_WINDOW_MODES)}")
         if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or not math.isfinite(self.mlp_ratio):
             fail("mlp_ratio", "must be a number")
         if int(dims[2] * self.mlp_ratio) < 1:
@@ -134,8 +152,9 @@ class ERadioConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in names:
-                err = unknown_name("ERadioConfig field", key, names)
-                raise ConfigError(str(err))
+                near = closest(str(key), names)
+                hint = f"; closest: {', '.join(near)}" if near else f"; fields: {', '.join(names)}"
+                raise ConfigError(f"unknown ERadioConfig field '{key}'{hint}")
         return cls(**dict(values))
 
     def replace(self, **changes: Any) -> "ERadioConfig":
@@ -159,19 +178,21 @@ _DEPTHS = (3, 3, 5, 5)
 
 # Appendix A / ERADIO.md. XT, T and S resample by pooling in their MRA blocks (the
 # reference implementation's default; their parameter counts only match that way),
-# B and L by strided convolutions. The neck versions of XT/T/S ("-up") use neck_dim = 8d,
+# B and L by strided convolutions. S runs its MRA blocks full resolution first
+# ([1, 2]), as the reference builds it (same parameters, a different function:
+# reference weights only match in that order). The neck versions of XT/T/S ("-up") use neck_dim = 8d,
 # the rule eradio-b (1024 = 8*128) and eradio-l (1536 = 8*192) follow: the
 # dense features then have the summary's width, as in the paper's models.
 ERADIO_VARIANTS: dict[str, ERadioConfig] = {
     "xt": ERadioConfig(dim=64, depths=_SMALL_DEPTHS, mra_resample="pool"),
     "t": ERadioConfig(dim=80, depths=_SMALL_DEPTHS, mra_resample="pool"),
-    "s": ERadioConfig(dim=96, depths=_DEPTHS, mra_resample="pool"),
+    "s": ERadioConfig(dim=96, depths=_DEPTHS, mra_ratios=(1, 2), mra_resample="pool"),
     "b-noup": ERadioConfig(dim=128, depths=_DEPTHS),
     "b": ERadioConfig(dim=128, depths=_DEPTHS, neck_dim=1024),
     "l": ERadioConfig(dim=192, depths=_DEPTHS, neck_dim=1536),
     "xt-up": ERadioConfig(dim=64, depths=_SMALL_DEPTHS, mra_resample="pool", neck_dim=512),
     "t-up": ERadioConfig(dim=80, depths=_SMALL_DEPTHS, mra_resample="pool", neck_dim=640),
-    "s-up": ERadioConfig(dim=96, depths=_DEPTHS, mra_resample="pool", neck_dim=768),
+    "s-up": ERadioConfig(dim=96, depths=_DEPTHS, mra_ratios=(1, 2), mra_resample="pool", neck_dim=768),
 }
 
 
@@ -180,5 +201,7 @@ def variant_config(name: str, **overrides: Any) -> ERadioConfig:
     key = name.lower().replace("_", "-")
     key = key[len("eradio-"):] if key.startswith("eradio-") else key
     if key not in ERADIO_VARIANTS:
-        raise unknown_name("E-RADIO variant", name, ERADIO_VARIANTS)
+        near = closest(str(name), [f"eradio-{v}" for v in ERADIO_VARIANTS])
+        hint = f"; closest: {', '.join(near)}" if near else f"; valid: {', '.join(ERADIO_VARIANTS)}"
+        raise UnknownVariantError(f"unknown E-RADIO variant '{name}'{hint}")
     return as_config(ERADIO_VARIANTS[key], **overrides)

@@ -30,15 +30,65 @@ from eradio.blocks import (
     fold_conv_bn,
 )
 from eradio.config import ERadioConfig, as_config
-from zoo.backbone import SizeRule, as_hw
-from zoo.errors import ResolutionError
+from eradio.errors import ERadioResolutionError as ResolutionError
 
 STRIDE = 32  # input pixels per stage-4 cell; every side must be a multiple of it
-SIZE_RULE = SizeRule(multiple=STRIDE, minimum=STRIDE)
+MIN_SIDE = STRIDE
 DEFAULT_WINDOW_CAP = 16
 # A window smaller than this that does not cover the whole map (544 px: 17 cells -> window 1)
 # makes attention (nearly) a no-op; pick_window_size refuses it.
 MIN_WINDOW = 4
+
+
+def as_hw(resolution: int | str | Sequence[int]) -> tuple[int, int]:
+    """``224`` / ``"224"`` -> ``(224, 224)``; ``"320x512"`` / ``(320, 512)`` -> ``(320, 512)``.
+
+    Anything else (zero, negative, not integers, three sides) is an
+    :class:`~eradio.errors.ERadioResolutionError`.
+    """
+    def bad() -> ResolutionError:
+        return ResolutionError(f"resolution {resolution!r} is not N or HxW with positive integers (e.g. 224 or 320x512)")
+
+    if isinstance(resolution, str):
+        parts = resolution.strip().lower().replace("×", "x").split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise bad() from None
+    elif isinstance(resolution, bool):
+        raise bad()
+    elif isinstance(resolution, int):
+        values = [resolution]
+    else:
+        try:
+            values = [int(v) for v in resolution]
+        except (TypeError, ValueError):
+            raise bad() from None
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise bad()
+    return (values[0], values[-1])
+
+
+def _nearest_multiples(side: int) -> list[int]:
+    below = max(MIN_SIDE, (side // STRIDE) * STRIDE)
+    above = max(MIN_SIDE, -(-side // STRIDE) * STRIDE)
+    return sorted({below, above})
+
+
+def check_input_size(height: int, width: int, name: str = "E-RADIO") -> None:
+    """Refuse (one line, with the nearest sizes that work) any side that is not a positive multiple of 32."""
+    problems = []
+    for side_name, side in (("height", height), ("width", width)):
+        if side < MIN_SIDE:
+            problems.append(f"{side_name} {side} < {MIN_SIDE}")
+        elif side % STRIDE:
+            near = " or ".join(map(str, _nearest_multiples(side)))
+            problems.append(f"{side_name} {side} is not a multiple of {STRIDE} (try {near})")
+    if problems:
+        raise ResolutionError(
+            f"{name} cannot take {height}x{width}: {'; '.join(problems)} "
+            f"(sides multiples of {STRIDE}, at least {MIN_SIDE})"
+        )
 
 
 def _largest_divisor(n: int, cap: int) -> int:
@@ -64,7 +114,7 @@ def pick_window_size(
     work, rather than silently turning attention into a no-op.
     """
     height, width = as_hw(resolution)
-    SIZE_RULE.check(height, width, "E-RADIO")
+    check_input_size(height, width)
     if cap < 1 or minimum < 1:
         raise ResolutionError(f"window cap ({cap}) and minimum ({minimum}) must be at least 1")
     window, problems = [], []
@@ -125,8 +175,6 @@ class ERadio(nn.Module):
     32; ``forward(x)`` returns ``head(summary)`` (the summary itself without a head).
     """
 
-    size_rule = SIZE_RULE
-
     def __init__(
         self,
         config: ERadioConfig | Mapping[str, Any] | None = None,
@@ -149,10 +197,11 @@ class ERadio(nn.Module):
         self.stage2 = C2f(d2, d2, n=cfg.depths[1], shortcut=True, e=0.5)
         self.down2 = Downsample(d2, d3)
         self.stage3 = MRAStage(d3, cfg.depths[2], cfg.num_heads[2], cfg.mra_ratios, as_window(window3),
-                               cfg.mlp_ratio, dpr[2], cfg.cpb_hidden, cfg.mra_resample)
+                               cfg.mlp_ratio, dpr[2], cfg.cpb_hidden, cfg.mra_resample,
+                               cfg.cpb_norm_window, cfg.large_window)
         self.down3 = Downsample(d3, d4)
         self.stage4 = WindowStage(d4, cfg.depths[3], cfg.num_heads[3], as_window(window4),
-                                  cfg.mlp_ratio, dpr[3], cfg.cpb_hidden)
+                                  cfg.mlp_ratio, dpr[3], cfg.cpb_hidden, cfg.cpb_norm_window, cfg.large_window)
         self.norm = nn.BatchNorm2d(d4)
         self.neck = Neck(d3, d4, cfg.neck_dim) if cfg.neck_dim else None
 
@@ -173,8 +222,9 @@ class ERadio(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise :class:`ResolutionError` (with the nearest valid sizes) unless both sides are multiples of 32."""
-        self.size_rule.check(height, width, self.name)
+        """Raise :class:`~eradio.errors.ERadioResolutionError` (with the nearest valid sizes) unless both
+        sides are positive multiples of 32."""
+        check_input_size(height, width, self.name)
 
     def _prepare_input(self, x: torch.Tensor) -> None:
         """Check the input size (eager) or keep it static (under torch.compile).

@@ -1,8 +1,13 @@
-"""E-RADIO: parameter counts, shapes, windows, deploy mode, errors, training, timm/zoo registration."""
+"""E-RADIO: parameter counts, shapes, windows, padding, deploy mode, errors, training, timm/zoo registration.
+
+Expected values come from the spec (``ERADIO.md``) or are derived by hand in the
+test, never read back from the code under test.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import timm
@@ -10,15 +15,18 @@ import torch
 
 import eradio
 from eradio import ERadio, ERadioConfig, pick_window_size
-from eradio.blocks import ContinuousPositionBias, window_partition, window_reverse
+from eradio.blocks import ContinuousPositionBias, relative_coords_table, window_partition, window_reverse
+from eradio.errors import ERadioConfigError, ERadioResolutionError, UnknownVariantError
 from zoo.backbone import BackboneOutput
-from zoo.errors import ConfigError, ResolutionError, UnknownNameError
+from zoo.backbones.eradio_entries import build_eradio_backbone
+from zoo.errors import ConfigError, ResolutionError
 from zoo.registry import create_backbone, get_entry, list_backbones
 
 TINY = dict(dim=8, in_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 4], cpb_hidden=16)
 TINY_NECK = dict(TINY, neck_dim=24)
 
-# ERADIO.md: millions of parameters (with a 1000-class head, without).
+# ERADIO.md's table, measured on the reference implementation: millions of parameters
+# (with a 1000-class head, without). Tolerance 1%: the table rounds to 0.1 M.
 PAPER_PARAMS_M = {
     "xt": (25.1, 24.6),
     "t": (38.9, 38.3),
@@ -67,7 +75,7 @@ def test_param_counts_match_reference(variant):
 
 
 def test_neck_variants_add_only_the_neck():
-    for small in ("xt", "t", "s"):
+    for small in ("xt", "t", "s"):  # the -up variants differ from the plain ones by the neck alone
         with torch.device("meta"):
             plain = eradio.create_eradio(small, num_classes=0)
             necked = eradio.create_eradio(f"{small}-up", num_classes=0)
@@ -81,7 +89,13 @@ def test_neck_variants_add_only_the_neck():
 # ----------------------------------------------------------------------------- shapes and windows
 
 
-@pytest.mark.parametrize("size", [(224, 224), (256, 256), (320, 512), (512, 512), (1024, 1024)])
+# Hand-derived from the spec: the stage-4 map is side/32 cells; the window is its largest
+# divisor up to 16 (224 -> 7 cells -> 7; 1024 -> 32 cells -> 16).
+SPEC_WINDOWS = {(224, 224): (7, 7), (256, 256): (8, 8), (320, 512): (10, 16), (512, 512): (16, 16),
+                (1024, 1024): (16, 16)}
+
+
+@pytest.mark.parametrize("size", sorted(SPEC_WINDOWS))
 @pytest.mark.parametrize("neck", [True, False])
 def test_tiny_shapes_and_strides(size, neck):
     backbone = eradio_backbone(neck, size)
@@ -93,13 +107,11 @@ def test_tiny_shapes_and_strides(size, neck):
     assert out.summary.shape == (1, backbone.summary_dim) == (1, 64)
     assert out.features.shape == (1, backbone.feature_dim, size[0] // stride, size[1] // stride)
     assert backbone.feature_size(*size) == tuple(out.features.shape[-2:])
-    assert backbone.window_size[0] == pick_window_size(size)
+    assert backbone.window_size == (SPEC_WINDOWS[size], SPEC_WINDOWS[size])
     assert torch.isfinite(out.features).all() and torch.isfinite(out.summary).all()
 
 
 def eradio_backbone(neck: bool, size=(224, 224)):
-    from zoo.backbones.eradio_entries import build_eradio_backbone
-
     torch.manual_seed(0)
     return build_eradio_backbone(TINY_NECK if neck else TINY, resolution=size, name="eradio-tiny")
 
@@ -123,19 +135,56 @@ def test_pick_window_size():
     assert pick_window_size(64) == (2, 2)  # the whole 2x2 map: global attention, allowed
     assert pick_window_size("384x640") == (12, 10)
     for bad, hint in [(544, "512 or 576"), (608, "576 or 640"), (736, "704 or 768")]:
-        with pytest.raises(ResolutionError, match=hint):
+        with pytest.raises(ERadioResolutionError, match=hint):
             pick_window_size(bad)
     assert pick_window_size(544, cap=17) == (17, 17)
 
 
-def test_window_partition_roundtrip_with_reflect_padding():
+@pytest.mark.parametrize("bad", [0, -32, "0", "-64", "224x0", (224, -32), "abc", "1x2x3", True])
+def test_zero_negative_and_garbage_resolutions_are_one_line_errors(bad):
+    with pytest.raises(ERadioResolutionError) as info:
+        pick_window_size(bad)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ResolutionError) as info:  # the zoo wrapper: zoo's error, same one line
+        build_eradio_backbone(TINY, resolution=bad)
+    assert "\n" not in str(info.value)
+
+
+def test_zero_sized_input_is_refused():
+    with pytest.raises(ERadioResolutionError, match="height 0 < 32"):
+        tiny()(torch.randn(1, 3, 0, 64))
+
+
+def test_window_partition_roundtrip_with_zero_padding():
     x = torch.randn(2, 5, 9, 11)
     tokens, padded = window_partition(x, (4, 4))
     assert padded == (12, 12) and tokens.shape == (2 * 3 * 3, 16, 5)
     torch.testing.assert_close(window_reverse(tokens, (4, 4), (9, 11), padded), x)
-    # Reflection, not zeros: the padded row 9 mirrors row 7.
+    # Zeros (as the reference), not reflection: rows 9-11 and columns 11 are 0.
     full = window_reverse(tokens, (4, 4), (12, 12), padded)
-    torch.testing.assert_close(full[:, :, 9, :11], x[:, :, 7, :])
+    assert full[:, :, 9:, :].abs().sum() == 0 and full[:, :, :, 11:].abs().sum() == 0
+    # The first window holds rows 0-3, columns 0-3 of the first image, row by row.
+    torch.testing.assert_close(tokens[0], x[0, :, :4, :4].permute(1, 2, 0).reshape(16, 5))
+
+
+def test_large_window_clamps_to_the_map():
+    """A window that covers the map is global attention over exactly the map's tokens: the
+    result does not depend on how much larger the window is (``large_window="clamp"``);
+    the reference's zero-padding to the full window (``"pad"``) changes it."""
+    x = torch.randn(2, 3, 64, 64)  # stage-3 map 4x4, its 2x sub-sampled copy and stage 4: 2x2
+    with torch.no_grad():
+        clamp = tiny().eval()
+        outs = [clamp.set_window_size(w).forward_features(x) for w in (4, 5, 7, 9)]
+        for out in outs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(out, outs[0]))
+        pad = tiny(large_window="pad").eval()
+        pad.load_state_dict(clamp.state_dict())
+        # Window 2 fits every map (4x4 tiled by four windows, 2x2 by one): the two modes agree ...
+        small = clamp.set_window_size(2).forward_features(x)
+        assert all(torch.equal(a, b) for a, b in zip(pad.set_window_size(2).forward_features(x), small))
+        # ... window 7 does not: "pad" attends to zero-padded tokens (4x4 -> 7x7, 2x2 -> 7x7).
+        padded = pad.set_window_size(7).forward_features(x)
+        assert rel_err(padded[1], outs[0][1]) > 1e-3
 
 
 def test_window_change_keeps_outputs_finite_and_shapes():
@@ -143,7 +192,7 @@ def test_window_change_keeps_outputs_finite_and_shapes():
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         base = model.forward_features(x)
-        for window in (8, 4, (8, 4), 5, 16):  # 5 does not divide 8/16: reflect-padded windows
+        for window in (8, 4, (8, 4), 5, 16):  # 5 does not divide 8/16: zero-padded windows
             model.set_window_size(window)
             out = model.forward_features(x)
             assert [t.shape for t in out] == [t.shape for t in base]
@@ -232,12 +281,14 @@ def test_backbone_fuse_delegates():
         ("neck_dim", 0),
         ("drop_path_rate", 1.5),
         ("cpb_hidden", 0),
+        ("cpb_norm_window", "pretrained"),
+        ("large_window", "reflect"),
     ],
 )
 def test_invalid_config_names_the_field(field, value):
-    with pytest.raises(ConfigError, match=rf"\b{field}\b"):
+    with pytest.raises(ERadioConfigError, match=rf"\b{field}\b"):
         ERadioConfig(**{field: value})
-    with pytest.raises(ConfigError, match=rf"\b{field}\b"):
+    with pytest.raises(ConfigError, match=rf"\b{field}\b"):  # zoo's error through the registry
         create_backbone("eradio-b", config={field: value})
 
 
@@ -245,15 +296,15 @@ def test_config_dict_roundtrip_and_unknown_key():
     cfg = ERadioConfig(**TINY_NECK)
     assert ERadioConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict()["depths"] == [1, 1, 1, 1]
-    with pytest.raises(ConfigError, match="neck_dims"):
+    with pytest.raises(ERadioConfigError, match="neck_dims.*closest: neck_dim"):
         ERadioConfig.from_dict({**cfg.to_dict(), "neck_dims": 3})
-    with pytest.raises(UnknownNameError, match="eradio-m"):
+    with pytest.raises(UnknownVariantError, match="eradio-m"):
         eradio.variant_config("eradio-m")
 
 
 def test_non_multiple_of_32_names_nearest_sizes():
     model = tiny()
-    with pytest.raises(ResolutionError, match="192 or 224"):
+    with pytest.raises(ERadioResolutionError, match="192 or 224"):
         model(torch.randn(1, 3, 200, 200))
     with pytest.raises(ResolutionError, match="192 or 224"):
         eradio_backbone(True)(torch.randn(1, 3, 200, 224))
@@ -369,7 +420,7 @@ def test_timm_entry_points():
     assert isinstance(model, ERadio) and model.head.out_features == 1000
     assert n_params(model) == pytest.approx(118.4, rel=0.01)
     assert bare.config.drop_path_rate == 0.1 and bare.num_classes == 0
-    with pytest.raises(ConfigError, match="bogus"):
+    with pytest.raises(ERadioConfigError, match="bogus"):
         timm.create_model("eradio_xt", bogus=1)
 
 
@@ -377,14 +428,16 @@ def test_registry_entries():
     names = [e.name for e in list_backbones("eradio")]
     assert names == ["eradio-xt", "eradio-t", "eradio-s", "eradio-b-noup", "eradio-b", "eradio-l",
                      "eradio-xt-up", "eradio-t-up", "eradio-s-up"]
-    table7 = {e.name: e.paper_params_m for e in list_backbones("eradio") if e.in_table7}
-    assert table7 == {"eradio-b-noup": 113.0, "eradio-b": 118.0, "eradio-l": 265.0}
+    table7 = [e for e in list_backbones("eradio") if e.in_table7]
+    assert sorted(e.name for e in table7) == ["eradio-b", "eradio-b-noup", "eradio-l"]
+    for entry in table7:  # the Table-7 figure each entry claims fits the model it builds (with a head)
+        with torch.device("meta"):
+            built = timm.create_model(entry.timm_name, num_classes=1000)
+        assert n_params(built) == pytest.approx(entry.paper_params_m, rel=0.01), entry.name
     assert get_entry("eradio-b").timm_name == "eradio_b"
 
 
 def test_registry_config_override_and_search_builder():
-    from zoo.backbones.eradio_entries import build_eradio_backbone
-
     with torch.device("meta"):
         small_b = create_backbone("eradio-b", config=dict(depths=[1, 1, 1, 1]))
         replaced = create_backbone("eradio-b", config=ERadioConfig(**TINY))
@@ -395,17 +448,20 @@ def test_registry_config_override_and_search_builder():
     assert custom.window_size == ((8, 8), (8, 8))
 
 
-def test_import_has_no_ultralytics_side_effects(tmp_path):
-    """No settings file in the user's config dir, no OMP_NUM_THREADS left behind (ultralytics sets both)."""
+def test_import_has_no_side_effects_and_no_zoo(tmp_path):
+    """No settings file in the user's config dir, no OMP_NUM_THREADS left behind (ultralytics sets
+    both), and eradio is standalone: building a model through timm imports no ``zoo`` module."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "YOLO_CONFIG_DIR", "XDG_CONFIG_HOME")}
     env["HOME"] = str(tmp_path)
-    code = "import os, eradio; print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('YOLO_OFFLINE'))"
+    code = ("import os, sys, timm, eradio; timm.create_model('eradio_xt', num_classes=0); "
+            "print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('YOLO_OFFLINE'), "
+            "len([m for m in sys.modules if m == 'zoo' or m.startswith('zoo.')]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["None", "None"]
+    assert out.stdout.split() == ["None", "None", "0"]
     assert not (tmp_path / ".config" / "Ultralytics").exists()
 
 
@@ -420,10 +476,79 @@ def test_torch_compile():
         for a, b in zip(got, expected):
             assert rel_err(a, b) < 1e-4
         traced = torch.compile(backbone, backend="eager")
-        for size in [(64, 64), (96, 128), (128, 96)]:
+        for size, window in [((64, 64), (2, 2)), ((96, 128), (3, 4)), ((128, 96), (4, 3))]:  # whole maps
             x = torch.randn(1, 3, *size)
             got = traced(x)
-            assert backbone.window_size[1] == pick_window_size(size)
+            assert backbone.window_size[1] == window
             expected = backbone(x)
             for a, b in zip(got, expected):
                 assert a.shape == b.shape and rel_err(a, b) < 1e-4
+
+
+# ----------------------------------------------------------------------------- fidelity to the reference
+
+
+def test_eradio_s_runs_full_resolution_first():
+    """The reference E-RADIO-S runs its MRA blocks in the order [1, 2]; the others [2, 1]."""
+    for name in ("s", "s-up"):
+        assert eradio.variant_config(name).mra_ratios == (1, 2)
+    for name in ("xt", "t", "b-noup", "b", "l", "xt-up", "t-up"):
+        assert eradio.variant_config(name).mra_ratios == (2, 1)
+    with torch.device("meta"):
+        model = eradio.create_eradio("s", num_classes=0)
+    first, second = model.stage3.layers[0].blocks
+    assert (first.ratio, second.ratio) == (1, 2)
+    assert isinstance(first.down, torch.nn.Identity) and isinstance(second.down[0], torch.nn.AvgPool2d)
+
+
+def test_position_bias_coordinates_normalised_by_current_or_build_window():
+    """SwinV2 coordinates: offset k of a window w is divided by (w' - 1), scaled by 8 and
+    log-spaced: sign(t) log2(1 + |t|) / 3 with t = 8 k / (w' - 1). Default w' = the window in
+    use (the reference); ``cpb_norm_window="build"``: w' = the build-time window."""
+    def expected(k, ref):
+        t = 8 * k / (ref - 1)
+        return math.copysign(math.log2(1 + abs(t)) / 3, t)
+
+    # Window 16 at run time, 7 at build time: the largest offset is 15.
+    current = ContinuousPositionBias(2, 8, reference_window=(7, 7), norm_window="current")
+    build = ContinuousPositionBias(2, 8, reference_window=(7, 7), norm_window="build")
+    build.load_state_dict(current.state_dict())
+    seen = {}
+    for module in (current, build):
+        module.mlp.register_forward_hook(lambda mod, inp, out, m=module: seen.__setitem__(m, inp[0]))
+        module.compute((16, 16))
+    corner = 31 * 31 - 1  # offset (+15, +15): the last row of the coordinate table
+    assert seen[current][corner].tolist() == pytest.approx([expected(15, 16)] * 2)  # = log2(9)/3 = 1.057
+    assert seen[build][corner].tolist() == pytest.approx([expected(15, 7)] * 2)  # = log2(21)/3 = 1.464
+    assert torch.equal(seen[current], relative_coords_table((16, 16), (16, 16)))
+    # At the build-time window both modes agree.
+    torch.testing.assert_close(current.compute((7, 7)), build.compute((7, 7)))
+    assert ERadioConfig().cpb_norm_window == "current"
+
+
+def test_cpb_norm_window_reaches_every_attention_block():
+    model = tiny(cpb_norm_window="build")
+    modes = {m.norm_window for m in model.modules() if isinstance(m, ContinuousPositionBias)}
+    assert modes == {"build"} and tiny().stage4.blocks[0].attn.pos_bias.norm_window == "current"
+
+
+# ----------------------------------------------------------------------------- package boundary
+
+
+def test_build_eradio_backbone_window_modes():
+    cfg = dict(TINY, window_size=[4, 2])
+    with torch.device("meta"):
+        auto = build_eradio_backbone(cfg, resolution=256)
+        searched = build_eradio_backbone(cfg, resolution=256, window="config")
+        fixed = build_eradio_backbone(cfg, resolution=256, window=(8, 4))
+        per_stage = build_eradio_backbone(cfg, resolution=256, window=((8, 8), (4, 4)))
+        variant = build_eradio_backbone(variant="xt", resolution=(320, 512), window_cap=8)
+    assert auto.window_size == ((8, 8), (8, 8)) and auto.auto_window  # 256 px: 8 cells
+    assert searched.window_size == ((4, 4), (2, 2)) and not searched.auto_window
+    assert fixed.window_size == ((8, 4), (8, 4)) and per_stage.window_size == ((8, 8), (4, 4))
+    assert variant.name == "eradio-xt" and variant.config.dim == 64
+    assert variant.window_size == ((5, 8), (5, 8))  # 10 and 16 cells, largest divisors up to 8
+    with pytest.raises(ConfigError, match="window"):
+        build_eradio_backbone(cfg, window="global")
+    with pytest.raises(ResolutionError, match="at least 1"):
+        build_eradio_backbone(cfg, window=0)

@@ -1,33 +1,95 @@
 """E-RADIO behind the backbone contract, and its registry entries.
 
-``summary`` is the pooled stage-4 vector (8d); ``features`` the neck output at
-stride 16, or stage 4 at stride 32 for variants without a neck. The attention
-window is picked from the input size (:func:`eradio.pick_window_size`): at
-build time from ``resolution`` (``create_backbone("eradio-b", resolution=512)``
-runs with window 16) and again whenever a forward sees a new input size.
+``eradio/`` is a standalone timm-style family; this module is zoo's wrapper
+around it: it translates eradio's exceptions into zoo's (one line, same
+text), declares the zoo :class:`~zoo.sizes.SizeRule`, reads weight files with
+:func:`zoo.checkpoints.load_state_dict_file`, and registers the entries.
 
-The architecture search builds arbitrary configurations either through the
-registry (``create_backbone("eradio-b", config=dict(depths=[1, 1, 1, 1]))``:
-a dict changes fields of the named variant, an ``ERadioConfig`` replaces it)
-or with :func:`build_eradio_backbone`.
+``summary`` is the pooled stage-4 vector (8d); ``features`` the neck output at
+stride 16, or stage 4 at stride 32 for variants without a neck.
+
+:func:`build_eradio_backbone` is the one place an E-RADIO backbone is built and
+given its attention window (the registry, the search and backbone files all
+call it). ``window="auto"`` (default) picks the window from the input size
+(:func:`eradio.pick_window_size`): at build time from ``resolution``
+(``create_backbone("eradio-b", resolution=512)`` runs with window 16) and again
+whenever a forward sees a new input size; ``window="config"`` runs with the
+config's ``window_size`` (what a search trial chose); an int or ``(h, w)`` fixes it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from eradio import ERADIO_VARIANTS, ERadio, ERadioConfig, as_config, pick_window_size
-from eradio import DEFAULT_WINDOW_CAP, SIZE_RULE
+import eradio
+from eradio import DEFAULT_WINDOW_CAP, ERADIO_VARIANTS, MIN_SIDE, STRIDE, ERadio, ERadioConfig
 from eradio import timm_name as eradio_timm_name
 from eradio.blocks import Window
-from zoo.backbone import Backbone, BackboneOutput, as_hw
+from eradio.errors import (
+    ERadioConfigError,
+    ERadioError,
+    ERadioResolutionError,
+    StateDictError,
+    UnknownVariantError,
+    one_line,
+)
+from eradio.errors import WeightsNotFoundError as ERadioWeightsNotFoundError
+from zoo.backbone import Backbone, BackboneOutput, SizeRule
+from zoo.errors import BadFileError, ConfigError, ResolutionError, UnknownNameError, WeightsNotFoundError, ZooError
 from zoo.registry import BackboneEntry, register
 
 FAMILY = "eradio"
+SIZE_RULE = SizeRule(multiple=STRIDE, minimum=MIN_SIDE)
+WINDOW_MODES = ("auto", "config")
 
 ConfigLike = ERadioConfig | Mapping[str, Any] | None
+WindowSpec = str | int | Sequence[int] | Sequence[Sequence[int]]
+
+# eradio's error types -> zoo's (the CLI prints a ZooError on one line and exits 2).
+_TRANSLATION: tuple[tuple[type[ERadioError], type[ZooError]], ...] = (
+    (UnknownVariantError, UnknownNameError),
+    (ERadioConfigError, ConfigError),
+    (ERadioResolutionError, ResolutionError),
+    (StateDictError, BadFileError),
+    (ERadioWeightsNotFoundError, WeightsNotFoundError),
+)
+
+
+def zoo_error(err: ERadioError, prefix: str = "") -> ZooError:
+    """The zoo error for an eradio one: same text (on one line), ``prefix`` in front."""
+    for source, target in _TRANSLATION:
+        if isinstance(err, source):
+            return target(prefix + one_line(err))
+    return ConfigError(prefix + one_line(err))
+
+
+@contextlib.contextmanager
+def zoo_errors(prefix: str = "") -> Iterator[None]:
+    """Re-raise eradio's exceptions as zoo's (``with zoo_errors(): ERadioConfig(**fields)``)."""
+    try:
+        yield
+    except ERadioError as err:
+        raise zoo_error(err, prefix) from None
+
+
+def eradio_config(config: ConfigLike = None, **fields: Any) -> ERadioConfig:
+    """:func:`eradio.as_config` raising zoo's :class:`ConfigError`."""
+    with zoo_errors():
+        return eradio.as_config(config, **fields)
+
+
+def pick_window_size(resolution: Any, cap: int = DEFAULT_WINDOW_CAP, minimum: int = eradio.MIN_WINDOW) -> Window:
+    """:func:`eradio.pick_window_size` raising zoo's :class:`ResolutionError`."""
+    with zoo_errors():
+        return eradio.pick_window_size(resolution, cap, minimum)
+
+
+def _as_hw(resolution: Any) -> tuple[int, int]:
+    with zoo_errors():
+        return eradio.as_hw(resolution)
 
 
 class ERadioBackbone(Backbone):
@@ -36,12 +98,15 @@ class ERadioBackbone(Backbone):
     Args:
         name: registry name (for messages).
         config: the architecture.
-        resolution: input size to build for; picks the attention window.
-        window_cap: largest window :func:`eradio.pick_window_size` may choose.
-        auto_window: re-pick the window when the input size changes (else the
-            window stays as built or as set with :meth:`set_window_size`, and
-            maps it does not divide are reflect-padded).
-        pretrained_file: a local state dict (of this wrapper or of the bare ERadio).
+        resolution: input size to build for.
+        window: ``"auto"`` (pick for the input size, see the module docstring),
+            ``"config"`` (``config.window_size``, fixed), or a fixed window
+            (``7``, ``(10, 16)``, or ``((wh3, ww3), (wh4, ww4))`` per stage).
+        window_cap: largest window ``"auto"`` may choose.
+        auto_window: with ``window="auto"``, re-pick when the input size
+            changes (False: keep the window picked at build time).
+        pretrained_file: a local state dict: this wrapper's, the bare ERadio's,
+            or the reference implementation's layout (:mod:`eradio.checkpoint`).
     """
 
     size_rule = SIZE_RULE
@@ -51,24 +116,34 @@ class ERadioBackbone(Backbone):
         name: str,
         config: ConfigLike = None,
         resolution: int | tuple[int, int] = 224,
+        window: WindowSpec = "auto",
         window_cap: int = DEFAULT_WINDOW_CAP,
         auto_window: bool = True,
         pretrained_file: str | None = None,
     ) -> None:
         super().__init__()
         self.name = name
-        self.model = ERadio(as_config(config), num_classes=0, name=name)
+        height, width = _as_hw(resolution)
+        self.check_resolution(height, width)
+        with zoo_errors(f"{name}: "):
+            self.model = ERadio(eradio.as_config(config), num_classes=0, name=name)
         self.summary_dim = self.model.summary_dim
         self.feature_dim = self.model.feature_dim
         self.stride = self.model.stride
         self.window_cap = window_cap
-        self.auto_window = auto_window
+        self.auto_window = False
         self._window_for: tuple[int, int] | None = None
-        height, width = as_hw(resolution)
-        self.check_resolution(height, width)
-        self._adapt_window(height, width, force=True)
+        if isinstance(window, str) and window == "auto":
+            self.auto_window = auto_window
+            self._adapt_window(height, width, force=True)
+        elif isinstance(window, str) and window == "config":
+            self.model.set_window_size(*self.config.window_size)
+        elif isinstance(window, str):
+            raise ConfigError(f"{name}: window must be {' or '.join(WINDOW_MODES)} or a size, got {window!r}")
+        else:
+            self.set_window_size(*_stage_windows(window))
         if pretrained_file:
-            self._load(pretrained_file)
+            self.load_file(pretrained_file)
 
     @property
     def config(self) -> ERadioConfig:
@@ -78,14 +153,15 @@ class ERadioBackbone(Backbone):
     def window_size(self) -> tuple[Window, Window]:
         return self.model.window_size
 
-    def _load(self, path: str) -> None:
+    def load_file(self, path: str) -> str:
+        """Load a weights file (ours, the bare ERadio's or the reference layout); returns the layout read."""
         from zoo.checkpoints import load_state_dict_file
 
         state = load_state_dict_file(path)
-        if all(key.startswith("model.") for key in state):
-            self.load_state_dict(state)
-        else:
-            self.model.load_state_dict(state)
+        if state and all(key.startswith("model.") for key in state):  # this wrapper's own state_dict()
+            state = {key[len("model."):]: value for key, value in state.items()}
+        with zoo_errors(f"{path}: "):
+            return eradio.load_weights(self.model, state, name=self.name)
 
     @torch.compiler.disable  # runs eagerly under torch.compile; a new window then triggers a recompile
     def _adapt_window(self, height: int, width: int, force: bool = False) -> None:
@@ -99,7 +175,8 @@ class ERadioBackbone(Backbone):
     def set_window_size(self, stage3: int | Sequence[int], stage4: int | Sequence[int] | None = None) -> None:
         """Fix the window by hand; turns automatic picking off."""
         self.auto_window = False
-        self.model.set_window_size(stage3, stage4)
+        with zoo_errors(f"{self.name}: "):
+            self.model.set_window_size(stage3, stage4)
 
     def first_layer_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.model.stem.conv1.parameters())
@@ -115,38 +192,59 @@ class ERadioBackbone(Backbone):
         return BackboneOutput(summary, features)
 
 
+def _stage_windows(window: Any) -> tuple[Any, Any]:
+    """``7`` / ``(10, 16)`` -> the same window for both stages; ``((a, b), (c, d))`` -> one per stage."""
+    if isinstance(window, Sequence) and len(window) == 2 and all(isinstance(w, Sequence) for w in window):
+        return window[0], window[1]
+    return window, window
+
+
 def _resolve_config(variant: str | None, config: ConfigLike, fields: Mapping[str, Any]) -> ERadioConfig:
     """Variant config, then ``config`` (a dict changes fields, an ERadioConfig replaces), then ``fields``."""
-    if isinstance(config, ERadioConfig) or variant is None:
-        base = as_config(config)
-    else:
-        base = as_config(ERADIO_VARIANTS[variant], **dict(config or {}))
-    return as_config(base, **fields) if fields else base
+    with zoo_errors():
+        if isinstance(config, ERadioConfig) or variant is None:
+            base = eradio.as_config(config)
+        else:
+            base = eradio.as_config(ERADIO_VARIANTS[variant], **dict(config or {}))
+        return eradio.as_config(base, **fields) if fields else base
+
+
+_WRAPPER_KEYS = ("window", "window_cap", "auto_window", "pretrained_file")
 
 
 def build_eradio_backbone(
     config: ConfigLike = None,
     resolution: int | tuple[int, int] = 224,
-    name: str = "eradio-custom",
+    name: str | None = None,
+    *,
+    variant: str | None = None,
+    device: Any = None,
     **kwargs: Any,
 ) -> ERadioBackbone:
-    """Build any E-RADIO configuration behind the backbone contract (for the search).
+    """Build any E-RADIO configuration behind the backbone contract, with its window set.
 
-    ``kwargs``: ``window_cap``, ``auto_window``, ``pretrained_file``, or config fields.
+    The one place E-RADIO is built for zoo (registry entries, search trials, backbone files).
+
+    Args:
+        config: an :class:`ERadioConfig` (replaces the variant's), a dict of fields
+            (changes the variant's, or the defaults), or None.
+        resolution: the input size to build for (``224``, ``(320, 512)``, ``"320x512"``).
+        name: shown in messages (default ``eradio-<variant>`` or ``eradio-custom``).
+        variant: start from this variant's config (``"b"``, ``"xt-up"``...).
+        device: build the parameters directly on this device.
+        **kwargs: ``window`` (``"auto"`` default, ``"config"``, or a size), ``window_cap``,
+            ``auto_window``, ``pretrained_file`` (see :class:`ERadioBackbone`), or config fields.
     """
-    wrapper_keys = {"window_cap", "auto_window", "pretrained_file"}
-    wrapper_args = {k: kwargs.pop(k) for k in list(kwargs) if k in wrapper_keys}
-    return ERadioBackbone(name=name, config=_resolve_config(None, config, kwargs), resolution=resolution,
-                          **wrapper_args)
-
-
-def _builder(
-    name: str, resolution: tuple[int, int], variant: str, config: ConfigLike = None, **kwargs: Any
-) -> ERadioBackbone:
-    wrapper_keys = {"window_cap", "auto_window", "pretrained_file"}
-    wrapper_args = {k: kwargs.pop(k) for k in list(kwargs) if k in wrapper_keys}
+    wrapper_args = {k: kwargs.pop(k) for k in _WRAPPER_KEYS if k in kwargs}
     cfg = _resolve_config(variant, config, kwargs)
-    return ERadioBackbone(name=name, config=cfg, resolution=resolution, **wrapper_args)
+    name = name or (f"eradio-{variant}" if variant else "eradio-custom")
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return ERadioBackbone(name=name, config=cfg, resolution=resolution, **wrapper_args)
+
+
+def _builder(name: str, resolution: tuple[int, int], variant: str, config: ConfigLike = None,
+             **kwargs: Any) -> ERadioBackbone:
+    return build_eradio_backbone(config, resolution, name=name, variant=variant, **kwargs)
 
 
 def _describe(variant: str, cfg: ERadioConfig) -> str:
@@ -174,4 +272,14 @@ ENTRIES: list[BackboneEntry] = [
     for variant, cfg in ERADIO_VARIANTS.items()
 ]
 
-__all__ = ["ERadioBackbone", "build_eradio_backbone", "ENTRIES", "FAMILY"]
+__all__ = [
+    "ENTRIES",
+    "FAMILY",
+    "SIZE_RULE",
+    "ERadioBackbone",
+    "build_eradio_backbone",
+    "eradio_config",
+    "pick_window_size",
+    "zoo_error",
+    "zoo_errors",
+]
