@@ -166,44 +166,43 @@ def _photo(path: Path, size_wh: tuple[int, int], seed: int = 0) -> Path:
 
 @pytest.mark.parametrize("size_wh", [(97, 61), (50, 120)])
 def test_teacher_view_matches_open_clip_eval_transform(tmp_path, size_wh):
+    """A CLIP teacher is scored on what open_clip's own eval transform gives (bicubic, shorter side, centre crop)."""
     from open_clip.transform import image_transform
 
     from zoo.teachers import build_teacher
 
     clip = build_teacher("clip:tiny")  # 64 px
-    clip.eval_transform = {"size": clip.resolution, "interpolation": "bicubic", "crop_pct": 1.0}
     view = teacher_view(clip)
-    assert isinstance(view, TeacherView) and view.size_hw == (64, 64)
+    assert isinstance(view, TeacherView) and view.size_hw == (64, 64) and "bicubic" in view.describe()
     path = _photo(tmp_path / "photo.png", size_wh)
     reference = image_transform(64, is_train=False, mean=clip.mean, std=clip.std)(Image.open(path))
-    ours = clip.preprocess(view.load(path)[None])[0]  # resize + crop here, the teacher's mean/std there
-    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
-    # the student's view (bilinear, no bicubic) is measurably different: the test can tell them apart
+    ours = clip.preprocess(view.load(path)[None])[0]  # resize + crop in the view, the teacher's mean/std after
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    # the student's view (bilinear) is measurably different: this test can tell the two apart
     student = clip.preprocess(StudentView((64, 64)).load(path)[None])[0]
     assert (student - reference).abs().max() > 0.02
 
 
-def test_teacher_view_crop_pct_as_timm(tmp_path):
+def test_teacher_view_with_crop_pct_matches_timm(tmp_path):
     from timm.data import create_transform
 
+    from zoo.teachers import EvalTransform
+
     path = _photo(tmp_path / "photo.png", (90, 70))
-    view = TeacherView((56, 56), "bicubic", crop_pct=0.875)
+    transform = EvalTransform((56, 56), "bicubic", crop_pct=0.875)
     reference = create_transform(56, is_training=False, interpolation="bicubic", crop_pct=0.875,
-                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))(Image.open(path).convert("RGB"))
-    torch.testing.assert_close(view.load(path), reference, rtol=0, atol=1e-6)
-    grey = view.load(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))  # built-in sets: float, no rounding
+                                 mean=transform.mean, std=transform.std)(Image.open(path).convert("RGB"))
+    mean, std = torch.tensor(transform.mean).view(3, 1, 1), torch.tensor(transform.std).view(3, 1, 1)
+    torch.testing.assert_close((TeacherView(transform).load(path) - mean) / std, reference, rtol=0, atol=1e-5)
+    grey = TeacherView(transform).load(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))  # built-in sets
     assert grey.shape == (3, 56, 56) and 0.0 <= grey.min() and grey.max() <= 1.0
 
 
 def test_teacher_without_eval_transform_keeps_the_student_view():
-    from zoo.teachers import build_teacher
+    class Bare:
+        resolution = (48, 40)
 
-    teacher = build_teacher("dinov2:tiny")
-    teacher.__dict__.pop("eval_transform", None)
-    if getattr(type(teacher), "eval_transform", None) is None:
-        assert teacher_view(teacher) == StudentView(teacher.resolution)
-    else:
-        assert isinstance(teacher_view(teacher), TeacherView)
+    assert teacher_view(Bare()) == StudentView((48, 40))
 
 
 # --------------------------------------------------------------------------- zero-shot
@@ -246,12 +245,11 @@ class StubClip:
         return torch.stack(rows)
 
 
-def _loaded(backbone: Backbone, heads: nn.Module, standardizers=None) -> LoadedRun:
+def _loaded(backbone: Backbone, heads: nn.Module) -> LoadedRun:
     record = RunRecord(run_id="handmade", backbone=backbone.name, resolution=[8, 8],
                        teachers=[{"name": "clip", "kind": "clip", "spec": "clip:tiny", "summary_dim": 8,
                                   "feature_dim": 2}])
-    return LoadedRun(backbone.eval(), heads.eval(), [], None, record, Path("."), torch.device("cpu"),
-                     standardizers or {})
+    return LoadedRun(backbone.eval(), heads.eval(), [], None, record, Path("."), torch.device("cpu"))
 
 
 def test_zeroshot_known_answer():
@@ -326,10 +324,81 @@ def test_load_run_restores_the_trained_student(runs):
     assert adaptors["clip"].summary.shape == (2, 64) and out.summary.shape[0] == 2
     torch.testing.assert_close(run.summary(images, "clip"), adaptors["clip"].summary)
     torch.testing.assert_close(run.summary(images), out.summary)
-    assert run.standardizers == {}  # trained on raw targets: heads' outputs are the teacher space as they are
+    assert run.standardizer is None  # trained on raw targets: the heads' outputs are the teacher space as they are
     built = load_run(runs["both"], build_teachers=True).teachers
     assert built[0].kind == "clip" and built[0].is_random
     assert load_run(runs["both"].name, out_dir=runs["both"].parent).run_dir == runs["both"]  # a run id works
+
+
+def _made_run(root: Path, teachers: list, standardizer_state: dict | None) -> Path:
+    """A run folder as zoo distill lays it out (resnet-18 at 32 px), with random heads and an optional PHI-S entry."""
+    from zoo.checkpoints import atomic_torch_save
+    from zoo.heads import AdaptorHeads
+    from zoo.recipe import load_recipe
+    from zoo.registry import create_backbone
+    from zoo.runs import write_record
+
+    root.mkdir()
+    backbone = create_backbone("resnet-18", (RESOLUTION, RESOLUTION))
+    heads = AdaptorHeads(backbone.summary_dim, backbone.feature_dim, teachers)
+    state = {"backbone": backbone.state_dict(), "heads": heads.state_dict(),
+             "recipe": load_recipe("smoke", [f"train.resolution={RESOLUTION}"]).to_dict()}
+    if standardizer_state is not None:
+        state["standardizer"] = standardizer_state
+    atomic_torch_save(state, root / "checkpoint.pt")
+    write_record(root, RunRecord(run_id=root.name, backbone="resnet-18", run_dir=str(root),
+                                 resolution=[RESOLUTION, RESOLUTION], teachers=[t.describe() for t in teachers]))
+    return root
+
+
+def test_phi_s_run_adaptors_come_back_in_teacher_space(tmp_path):
+    """A run trained on PHI-S targets: load_run de-standardises every head (y = s·Rᵀ·y' + μ), k-NN uses it."""
+    from zoo.standardize import StandardizerEstimator
+    from zoo.teachers import TeacherOutput, build_teacher
+
+    teachers = [build_teacher("clip:tiny@32"), build_teacher("dinov2:tiny@28")]
+    generator = torch.Generator().manual_seed(3)
+    estimator = StandardizerEstimator()
+    for _ in range(4):  # teacher-like outputs far from standardised: offset and stretched channels
+        estimator.update({t.name: TeacherOutput(
+            5.0 + 3.0 * torch.randn(16, t.summary_dim, generator=generator).cumsum(1),
+            -2.0 + torch.randn(2, t.feature_dim, 4, 4, generator=generator).cumsum(1)) for t in teachers})
+    standardizer = estimator.finalize()
+    plain = load_run(_made_run(tmp_path / "plain", teachers, None))
+    phi_s = load_run(_made_run(tmp_path / "phi-s", teachers, standardizer.state_dict()))
+    assert plain.standardizer is None and phi_s.standardizer is not None
+
+    images = torch.rand(3, 3, 40, 48)
+    with torch.no_grad():
+        raw = phi_s.heads(phi_s.backbone(phi_s.preprocess(images)))  # the heads' own (standardised) outputs
+    _, adaptors = phi_s(images)
+    for name in ("clip", "dinov2"):
+        for part, dim in (("summary", -1), ("features", 1)):
+            transform = getattr(standardizer, part)[name]
+            y = getattr(raw[name], part).movedim(dim, -1)
+            expected = (float(transform.scale) * y @ transform.rotation + transform.mean).movedim(-1, dim)
+            torch.testing.assert_close(getattr(adaptors[name], part), expected, rtol=1e-4, atol=1e-4)
+            assert (getattr(adaptors[name], part) - getattr(raw[name], part)).abs().max() > 1.0
+    torch.testing.assert_close(phi_s.summary(images, "clip"), adaptors["clip"].summary, rtol=1e-4, atol=1e-4)
+    # the embedder k-NN uses on a head is the de-standardised summary
+    embedder = student_embedder(phi_s, "dinov2", (RESOLUTION, RESOLUTION))
+    torch.testing.assert_close(embedder(images), adaptors["dinov2"].summary, rtol=1e-4, atol=1e-4)
+
+
+def test_phi_s_entry_that_does_not_fit_is_one_line(tmp_path):
+    from zoo.standardize import StandardizerEstimator
+    from zoo.teachers import TeacherOutput, build_teacher
+
+    teachers = [build_teacher("clip:tiny@32"), build_teacher("dinov2:tiny@28")]
+    estimator = StandardizerEstimator()
+    clip = teachers[0]
+    estimator.update({"clip": TeacherOutput(torch.randn(8, clip.summary_dim), torch.randn(2, clip.feature_dim, 3, 3))})
+    run = _made_run(tmp_path / "partial", teachers, estimator.finalize().state_dict())
+    with pytest.raises(ZooError, match="PHI-S statistics missing for teacher.*dinov2"):
+        load_run(run)
+    garbage = _made_run(tmp_path / "garbage", teachers, {"nonsense": torch.zeros(2)})
+    with pytest.raises(ZooError, match="not PHI-S statistics"):
+        load_run(garbage)
 
 
 def test_update_record_is_pareto_readable(run_dir):
@@ -377,6 +446,7 @@ def test_cli_knn_scores_each_teacher(run_dir, tmp_path):
     results = json.loads(out.read_text())
     assert [r["teacher"] for r in results] == ["clip:tiny", "dinov2:tiny"]
     assert [r["resolution"] for r in results] == [[64, 64], [70, 70]]  # each teacher's own size
+    assert all("bicubic" in r["transform"] and "teacher's evaluation transform" in r["transform"] for r in results)
     assert (run_dir / "summary.json").read_text() == before
     # a typo in the second spec fails before the first teacher is scored
     assert "unknown teacher kind" in _one_line_error(CliRunner().invoke(

@@ -41,8 +41,10 @@ class LoadedRun:
 
     ``teachers`` are :class:`~zoo.heads.TeacherDims` unless the run was loaded
     with ``build_teachers=True`` (then built teachers, from the recorded specs
-    and weights files). ``standardizers`` maps a teacher name to its PHI-S
-    transform (empty when the heads were trained on raw targets).
+    and weights files). ``standardizer`` is the run's PHI-S
+    :class:`~zoo.standardize.TeacherStandardizer` (None when the heads were
+    trained on raw targets); outputs of :meth:`adaptors`, :meth:`summary` and
+    :meth:`__call__` are always in each teacher's own space.
     """
 
     backbone: Backbone
@@ -52,7 +54,7 @@ class LoadedRun:
     record: RunRecord
     run_dir: Path
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    standardizers: dict[str, Any] = field(default_factory=dict)
+    standardizer: Any = None  # zoo.standardize.TeacherStandardizer, or None (heads trained on raw targets)
 
     # ----------------------------------------------------------------- preprocessing
 
@@ -115,22 +117,17 @@ class LoadedRun:
             if head is not None:
                 summary = self.heads.summary_heads[head](summary)  # only the head asked for
         summary = summary.float()
-        if head is not None and head in self.standardizers:
-            summary = _inverse(self.standardizers[head], "summary", summary)
+        if head is not None and self.standardizer is not None:
+            summary = self.standardizer.summary[head].inverse(summary)
         return summary
 
     def to_teacher_space(self, predictions: Mapping[str, TeacherOutput]) -> dict[str, TeacherOutput]:
-        """De-standardise the predictions of heads trained on PHI-S targets; others pass unchanged."""
-        result = {}
-        for name, prediction in predictions.items():
-            summary = None if prediction.summary is None else prediction.summary.float()
-            features = prediction.features.float()
-            standardizer = self.standardizers.get(name)
-            if standardizer is not None:
-                summary = None if summary is None else _inverse(standardizer, "summary", summary)
-                features = _inverse(standardizer, "features", features)
-            result[name] = TeacherOutput(summary, features)
-        return result
+        """Heads' predictions -> each teacher's space (PHI-S de-standardised when the run standardised)."""
+        predictions = {name: TeacherOutput(None if p.summary is None else p.summary.float(), p.features.float())
+                       for name, p in predictions.items()}
+        if self.standardizer is None:
+            return predictions
+        return self.standardizer.destandardize(predictions)
 
     def check_head(self, head: str) -> None:
         """A one-line error unless ``head`` is a teacher head of this run with a summary."""
@@ -138,15 +135,6 @@ class LoadedRun:
         if head in self.heads.summary_heads:
             return
         raise ZooError(f"head '{head}' has no summary (its teacher gives features only)")
-
-
-def _inverse(standardizer: Any, part: str, value: torch.Tensor) -> torch.Tensor:
-    """``standardizer``'s inverse for the ``summary`` [B, D] or ``features`` [B, C, h, w] of one teacher."""
-    part_standardizer = getattr(standardizer, part, standardizer)
-    if value.ndim == 4:  # channels last for a per-channel transform, then back
-        flat = value.permute(0, 2, 3, 1)
-        return part_standardizer.inverse(flat.to(torch.float32)).permute(0, 3, 1, 2).contiguous()
-    return part_standardizer.inverse(value.to(torch.float32))
 
 
 # --------------------------------------------------------------------------- the record's teachers
@@ -218,8 +206,8 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", build_t
     names = [t["name"] for t in record.teachers]
     teachers = ([build_run_teacher(record, name, device, offline) for name in names] if build_teachers
                 else list(heads.teachers))
-    standardizers = _standardizers(state.get(STANDARDIZER_KEY), names, paths.checkpoint, device)
-    return LoadedRun(backbone, heads, teachers, recipe, record, root, device, standardizers)
+    standardizer = _standardizer(state.get(STANDARDIZER_KEY), heads, paths.checkpoint, device)
+    return LoadedRun(backbone, heads, teachers, recipe, record, root, device, standardizer)
 
 
 def _recipe(state: Mapping[str, Any], paths: RunPaths) -> Any:
@@ -263,13 +251,25 @@ def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str,
         raise ZooError(f"the {what} weights in {checkpoint} do not fit the rebuilt model: {first}") from None
 
 
-def _standardizers(states: Any, names: Sequence[str], checkpoint: Path, device: torch.device) -> dict[str, Any]:
-    """Per teacher, the PHI-S transform saved with the heads (none when the run trained on raw targets)."""
-    if not states:
-        return {}
-    if not isinstance(states, Mapping) or not set(states) <= set(names):
-        raise ZooError(f"{checkpoint}: its '{STANDARDIZER_KEY}' entry names teachers "
-                       f"{sorted(states) if isinstance(states, Mapping) else '?'} not in the run ({', '.join(names)})")
-    from zoo.standardize import standardizer_from_state  # noqa: the PHI-S module, present when a run used it
+def _standardizer(state: Any, heads: nn.Module, checkpoint: Path, device: torch.device) -> Any:
+    """The PHI-S transforms the heads were trained against (None when the run trained on raw targets).
 
-    return {name: standardizer_from_state(state, device) for name, state in states.items()}
+    ``state`` is :meth:`zoo.standardize.TeacherStandardizer.state_dict` (``<part>.<teacher>.<buffer>``).
+    """
+    if not state:
+        return None
+    from zoo.standardize import TeacherStandardizer
+
+    try:
+        standardizer = TeacherStandardizer.from_state_dict(state)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ZooError(f"{checkpoint}: its '{STANDARDIZER_KEY}' entry is not PHI-S statistics ({err})") from None
+    missing = [d.name for d in heads.teachers if d.name not in standardizer.features
+               or (d.name in heads.summary_heads and d.name not in standardizer.summary)]
+    if missing:
+        raise ZooError(f"{checkpoint}: PHI-S statistics missing for teacher(s) {', '.join(missing)} "
+                       f"(have {', '.join(standardizer.names) or 'none'})")
+    # per part: TeacherStandardizer defines its own _apply, which shadows nn.Module._apply that .to() uses
+    standardizer.summary.to(device)
+    standardizer.features.to(device)
+    return standardizer.eval()

@@ -12,9 +12,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -71,63 +70,39 @@ class StudentView:
 
 @dataclass(frozen=True)
 class TeacherView:
-    """A teacher's evaluation transform: shorter side to ``size / crop_pct`` (``interpolation``), centre crop.
+    """A teacher's own evaluation transform (:class:`zoo.teachers.EvalTransform`, read from its library's config).
 
-    Built on timm's ``transforms_imagenet_eval`` (open_clip's eval transform is
-    the same with ``crop_pct = 1``); the teacher applies its mean/std itself.
+    Resize (``resize_mode``, ``interpolation``, ``crop_pct``) and centre crop
+    here, by :func:`zoo.teachers.apply_eval_transform`; the teacher applies its
+    mean/std itself, the same as the transform's.
     """
 
-    size_hw: tuple[int, int]
-    interpolation: str = "bicubic"
-    crop_pct: float = 1.0
-    crop_mode: str = "center"
+    transform: Any  # zoo.teachers.EvalTransform
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return tuple(self.transform.size)
 
     def load(self, item: Any) -> torch.Tensor:
-        from PIL import Image
+        from zoo.teachers import apply_eval_transform
 
-        transform = _eval_transform(tuple(self.size_hw), self.interpolation, self.crop_pct, self.crop_mode)
-        if isinstance(item, np.ndarray):  # a grey array: resampled in float ('F' mode), no 8-bit rounding
-            grey = transform(Image.fromarray(np.ascontiguousarray(item, dtype=np.float32), "F"))
-            return grey.clamp_(0.0, 1.0).expand(3, -1, -1).contiguous()
-        return transform(_open_rgb(Path(item)))
+        if isinstance(item, np.ndarray):  # a grey array: resampled as a float tensor, no 8-bit rounding
+            grey = torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
+            return apply_eval_transform(self.transform, grey.expand(3, -1, -1).contiguous()).clamp_(0.0, 1.0)
+        return apply_eval_transform(self.transform, _open_rgb(Path(item)))
 
     def describe(self) -> str:
-        return (f"{self.interpolation} resize to {self.size_hw[0]}x{self.size_hw[1]}/{self.crop_pct:g}, "
-                f"{self.crop_mode} crop (the teacher's evaluation transform)")
-
-
-@lru_cache(maxsize=8)
-def _eval_transform(size_hw: tuple[int, int], interpolation: str, crop_pct: float, crop_mode: str) -> Callable:
-    from timm.data.transforms_factory import transforms_imagenet_eval
-
-    # mean 0 / std 1 (one value: grey and RGB alike): the tensor stays in [0, 1]; the teacher normalises.
-    return transforms_imagenet_eval(size_hw, crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation,
-                                    mean=(0.0,), std=(1.0,))
-
-
-def _field(source: Any, *names: str) -> Any:
-    for name in names:
-        value = source.get(name) if isinstance(source, Mapping) else getattr(source, name, None)
-        if value is not None:
-            return value
-    return None
+        t = self.transform
+        return (f"{t.interpolation} resize ({t.resize_mode} side to {t.scale_size[0]}x{t.scale_size[1]}), "
+                f"crop {t.size[0]}x{t.size[1]} (the teacher's evaluation transform)")
 
 
 def teacher_view(teacher: Any) -> ImageView:
-    """The teacher's evaluation view, from its ``eval_transform`` description.
-
-    A teacher without one keeps the view of the student (centre crop,
-    bilinear) at the teacher's resolution.
-    """
-    description = getattr(teacher, "eval_transform", None)
-    size_hw = tuple(int(v) for v in teacher.resolution)
-    if description is None:
-        return StudentView(size_hw)
-    size = _field(description, "size_hw", "resolution", "input_size", "size")
-    if size is not None:
-        size = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in list(size)[-2:])
-    return TeacherView(size or size_hw, str(_field(description, "interpolation") or "bicubic"),
-                       float(_field(description, "crop_pct") or 1.0), str(_field(description, "crop_mode") or "center"))
+    """The teacher's evaluation view (its ``eval_transform``); without one, the student's view at its resolution."""
+    transform = getattr(teacher, "eval_transform", None)
+    if transform is None:
+        return StudentView(tuple(int(v) for v in teacher.resolution))
+    return TeacherView(transform)
 
 
 def image_batches(items: Sequence[Any], view: ImageView, batch_size: int) -> Iterator[torch.Tensor]:
