@@ -29,7 +29,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (2, ("zoo.backbones", "zoo.registry", "zoo.describe", "zoo.teachers", "zoo.heads", "zoo.losses",
          "zoo.standardize", "zoo.recipe", "zoo.recipes", "zoo.data", "zoo.flops")),
     (3, ("zoo.distill", "zoo.targets", "zoo.cache", "zoo.bench", "zoo.loading", "zoo.evaluations", "zoo.viz",
-         "zoo.export", "zoo.evaluate")),
+         "zoo.export", "zoo.runtimes")),
     (4, ("zoo.pareto", "zoo.search")),
     (5, ("zoo.cli", "zoo.commands")),
 ]

@@ -19,7 +19,7 @@ from zoo.evaluations.seg_data import (IGNORE_INDEX, SHAPE_CLASSES, VOC_CLASSES, 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), count=32, size=64, seed=1)
+    return write_shapes_dataset(tmp_path_factory.mktemp("seg") / "shapes", count=32, size=64, seed=1)
 
 
 def faithful_features(images: torch.Tensor) -> torch.Tensor:
