@@ -69,6 +69,10 @@ class ZooGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.BadParameter as err:  # a value our option types refused: one line, like every user mistake
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise UserError(err.format_message()) from err
         except ZooError as err:
             if (ctx.obj or {}).get("debug"):
                 raise
