@@ -25,7 +25,7 @@ RECORD_KEYS = {
     "throughput", "fd_loss", "losses", "train_loss_first", "train_loss_last", "steps", "wall_time_s", "teachers",
     "random_teacher", "note", "recipe", "balancing", "device", "world_size", "versions", "created", "status",
     "fd_loss_train", "diverged_step", "data_skipped", "data_skipped_examples", "standardize", "evaluations",
-    "schema_version",
+    "schema_version", "data",
 }
 TINY_TEACHERS = '["clip:tiny@32", "dinov2:tiny@28"]'
 

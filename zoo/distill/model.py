@@ -21,6 +21,7 @@ class StepLosses(NamedTuple):
     terms: dict[str, torch.Tensor]
     weights: dict[str, float]
     fd_term: torch.Tensor | None  # the FD teacher's feature loss, unweighted (γ = 1), detached
+    fd_prediction: torch.Tensor | None  # the FD teacher's predicted features, detached (for PHI-S runs)
 
 
 class DistillModel(nn.Module):
@@ -48,7 +49,8 @@ class DistillModel(nn.Module):
         fd_key = term_name(self.fd_teacher, FEATURES)
         if fd_key in terms and gamma:
             fd_term = terms[fd_key].detach() / gamma
-        return StepLosses(total, terms, weights, fd_term)
+        fd_prediction = predictions[self.fd_teacher].features.detach() if self.fd_teacher in predictions else None
+        return StepLosses(total, terms, weights, fd_term, fd_prediction)
 
 
 def fd_teacher_name(recipe: Recipe) -> str:

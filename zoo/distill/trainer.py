@@ -167,6 +167,7 @@ class TrainingRun:
         self._prepare_data()
         self.held_out = HeldOut(self.images.holdout, self.shared_hw, recipe.resolution, self.teachers,
                                 recipe.eval.batch_size, device)
+        self.standardizer, self.standardize_source = self._prepare_standardizer()
 
     def _saved_backbone_spec(self) -> str:
         """A resumed run's backbone: its copy of a backbone file, else the saved registry name or path."""
@@ -185,6 +186,43 @@ class TrainingRun:
             self.cache = open_for_training(cache_dir, recipe, self.teachers, self.images, self.shared_hw)
             dataset = CachedCropDataset(dataset, self.cache)
         self.dataset = dataset
+
+    def _prepare_standardizer(self) -> tuple[Any, str | None]:
+        """PHI-S (``loss.standardize: phi-s``): the per-teacher transforms the heads learn in, and where they came
+        from: the resumed checkpoint, the teacher cache's build, or a pass over the first training batches."""
+        if self.recipe.loss.standardize != "phi-s":
+            return None, None
+        from zoo.standardize import TeacherStandardizer
+
+        if self.state is not None and self.state.get("standardizer"):
+            source = self.state.get("standardize_source") or "checkpoint"
+            return _on_device(TeacherStandardizer.from_state_dict(self.state["standardizer"]), self.device), source
+        if self.cache is not None:
+            standardizer = getattr(self.cache, "standardizer", None)
+            if standardizer is None:
+                raise ConfigError(f"teacher cache {self.cache.path} holds no PHI-S statistics (built by an older "
+                                  "zoo); run the same zoo cache build command again to add them (no teacher runs)")
+            return _on_device(standardizer, self.device), "cache"
+        return _on_device(self._estimate_standardizer(), self.device), "estimated"
+
+    def _estimate_standardizer(self) -> Any:
+        """Teacher statistics over the first ``loss.standardize_batches`` training batches (all ranks' shares)."""
+        from zoo.standardize import StandardizerEstimator
+
+        recipe, batches = self.recipe, self.recipe.loss.standardize_batches
+        loader = train_loader(self.dataset, 0, batches, recipe.train.batch_size, self.ctx.rank, self.ctx.world_size,
+                              0, pin_memory=False)
+        estimator = StandardizerEstimator()
+        with torch.no_grad():
+            for batch in loader:
+                batch = batch.to(self.device)
+                estimator.update({t.name: t(batch) for t in self.teachers})
+        estimator.all_reduce()
+        try:
+            return estimator.finalize()
+        except ValueError as err:
+            raise ConfigError(f"recipe key 'loss.standardize_batches' ({batches}): too little data for the PHI-S "
+                              f"statistics ({err}); use more batches") from None
 
     def restore(self) -> None:
         """Load the saved state of a resumed run into the model, optimiser, schedule, scaler and RNG."""
@@ -245,12 +283,14 @@ class TrainingRun:
             with bar, StopFlag() as stop:
                 for batch in loader:
                     seed_step(recipe.train.seed, self.step, ctx.rank)
-                    losses, grad_norm, lr = self._update(*self._inputs(batch))
+                    x, targets, raw_targets = self._inputs(batch)
+                    losses, grad_norm, lr = self._update(x, targets)
                     self.step += 1
                     self.window_images += recipe.train.batch_size
                     self.guard.observe(self.step, losses.total, grad_norm)
-                    if losses.fd_term is not None:
-                        self.fd_window.add(losses.fd_term)
+                    fd_term = self._fd_term(losses, raw_targets)
+                    if fd_term is not None:
+                        self.fd_window.add(fd_term)
                     if self._due(recipe.train.log_every) or self.first_loss is None:
                         self._log(losses, grad_norm, lr, bar, task)
                         if self.guard.check(ctx, self.step):
@@ -285,8 +325,11 @@ class TrainingRun:
     def _due(self, every: int) -> bool:
         return bool(every) and (self.step % every == 0 or self.step == self.recipe.train.steps)
 
-    def _inputs(self, batch: Any) -> tuple[torch.Tensor, dict]:
-        """The student's view and the teachers' targets of one batch (from the cache or the live teachers)."""
+    def _inputs(self, batch: Any) -> tuple[torch.Tensor, dict, dict]:
+        """The student's view, the training targets and the teachers' own outputs of one batch.
+
+        Targets come from the cache or the live teachers; under PHI-S the training targets are standardised.
+        """
         device = self.device
         if self.cache is not None:  # (crops, cache rows): the stored teacher outputs of exactly these views
             batch, rows = batch
@@ -299,7 +342,24 @@ class TrainingRun:
         x = student_view(batch, self.recipe.resolution)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, targets
+        if self.standardizer is None:
+            return x, targets, targets
+        return x, self.standardizer.standardize(targets), targets
+
+    def _fd_term(self, losses: StepLosses, raw_targets: dict) -> torch.Tensor | None:
+        """This step's FD-teacher feature term in the teacher's own space (for ``fd_loss_train``).
+
+        Without PHI-S it is the training term itself; with PHI-S the heads predict standardised features,
+        which are mapped back first, so the figure is comparable between runs with and without it.
+        """
+        if self.standardizer is None or losses.fd_prediction is None:
+            return losses.fd_term
+        from zoo.losses import feature_loss
+
+        with torch.no_grad():
+            prediction = self.standardizer.features[self.fd_teacher].inverse(losses.fd_prediction)
+            return feature_loss(prediction, raw_targets[self.fd_teacher].features, self.recipe.loss.alpha,
+                                self.recipe.loss.beta)
 
     def _update(self, x: torch.Tensor, targets: dict) -> tuple[StepLosses, torch.Tensor | None, float]:
         """Forward, backward, clip, optimiser and schedule step; returns the losses, the gradient norm and the LR."""
@@ -341,8 +401,9 @@ class TrainingRun:
 
     def _evaluate(self) -> None:
         """The held-out FD loss now (logged, and passed to ``on_eval``)."""
+        to_teacher_space = self.standardizer.destandardize if self.standardizer is not None else None
         self.fd_loss, self.eval_losses = self.held_out.evaluate(self.model.backbone, self.model.heads, self.recipe,
-                                                                self.fd_teacher, self.autocast)
+                                                                self.fd_teacher, self.autocast, to_teacher_space)
         self.eval_step = self.step
         if self.ctx.is_main:
             append_metrics(self.paths.metrics, {"step": self.step, "eval": True, "fd_loss": self.fd_loss,
@@ -370,6 +431,10 @@ class TrainingRun:
             "train_loss_first": self.first_loss, "train_loss_last": self.last_loss,
             "fd_train_window": self.fd_window.state_dict(),
             "wall_time_s": self.elapsed_before + time.perf_counter() - self.start_time,
+            # PHI-S: the heads predict standardised targets; loading maps their outputs back with these
+            "standardizer": ({k: v.detach().cpu() for k, v in self.standardizer.state_dict().items()}
+                             if self.standardizer is not None else None),
+            "standardize_source": self.standardize_source,
         }
 
     # ------------------------------------------------------------------ after the loop
@@ -407,7 +472,7 @@ class TrainingRun:
             notes.append(f"fd_loss is null: no {self.fd_teacher} teacher in this run"
                          if self.fd_teacher not in [t.name for t in teachers]
                          else "fd_loss is null: the run stopped before evaluation")
-        skipped = list(self.images.skipped)
+        images = self.images
         record = RunRecord(
             run_id=self.run_id, backbone=self.student.name, kind=KIND_DISTILL, status=status,
             run_dir=str(self.paths.root), family=self.student.family, backbone_config=self.student.config,
@@ -419,12 +484,22 @@ class TrainingRun:
             random_teacher=random_teacher, note="; ".join(notes) if notes else None, recipe=recipe.name,
             balancing=recipe.loss.balancing, device=str(self.device), world_size=self.ctx.world_size,
             versions=versions(), diverged_step=self.guard.diverged_step if diverged else None,
-            data_skipped=len(skipped), data_skipped_examples=[_image_name(p, self.images.root)
-                                                              for p in skipped[:SKIPPED_EXAMPLES]],
+            data_skipped=len(images.skipped), data_skipped_examples=_skipped_names(images),
+            standardize=self._describe_standardizer(),
         )
+        if hasattr(images, "describe"):
+            record.extra["data"] = images.describe()  # counts, duplicates, verify pass and its cost
         if self.cache is not None:
             record.extra["teacher_cache"] = str(self.cache.path)
         return record
+
+    def _describe_standardizer(self) -> dict[str, Any] | None:
+        if self.standardizer is None:
+            return None
+        batches = self.recipe.loss.standardize_batches if self.standardize_source == "estimated" else None
+        return {"method": "phi-s", "source": self.standardize_source, "batches": batches,
+                "teachers": self.standardizer.describe(),
+                "note": "heads learn standardised targets; fd_loss and fd_loss_train are in each teacher's own space"}
 
     def _outcome(self, status: str, record: dict[str, Any]) -> dict[str, Any]:
         total = self.recipe.train.steps
@@ -450,13 +525,25 @@ class TrainingRun:
                 f"--set optim.lr={lower}")
 
 
-def _image_name(path: Path, root: Path | None) -> str:
-    if root is not None:
+def _on_device(standardizer: Any, device: torch.device) -> Any:
+    # Each part on its own: TeacherStandardizer's own _apply(outputs, inverse) shadows nn.Module._apply,
+    # so TeacherStandardizer.to() fails.
+    standardizer.summary.to(device)
+    standardizer.features.to(device)
+    return standardizer
+
+
+def _skipped_names(images: Any) -> list[str]:
+    """The first few unreadable training images, relative to the source root."""
+    if hasattr(images, "skipped_names"):
+        return list(images.skipped_names)
+    names = []
+    for path in images.skipped[:SKIPPED_EXAMPLES]:
         try:
-            return Path(path).relative_to(root).as_posix()
+            names.append(Path(path).relative_to(images.root).as_posix() if images.root else Path(path).name)
         except ValueError:
-            pass
-    return Path(path).name
+            names.append(Path(path).name)
+    return names
 
 
 def _bar_info(values: dict[str, float], rate: float) -> str:
