@@ -36,6 +36,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import stat
 import time
 import warnings
 from dataclasses import dataclass
@@ -145,16 +146,37 @@ def folder_images(folder: Path) -> list[Path]:
     return walk_images(folder)[0]
 
 
-def unique_by_resolved_path(paths: Sequence[Path]) -> tuple[list[Path], int]:
-    """``(paths, dropped)``: the first of the paths that resolve to one file is kept, in order."""
+def unique_by_resolved_path(paths: Sequence[Path]) -> tuple[list[Path], list[Path], int]:
+    """``(files, not_files, dropped)``: the first of the paths that resolve to one file is kept, in order.
+
+    One ``lstat`` per path and one ``realpath`` per distinct folder (not per
+    file): a plain file's resolved path is its folder's resolved path + name;
+    only symlinks are resolved on their own.
+    """
+    folders: dict[str, str] = {}
     seen: set[str] = set()
-    kept = []
+    kept: list[Path] = []
+    not_files: list[Path] = []
     for path in paths:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
+        text = os.fspath(path)
+        try:
+            mode = os.lstat(text).st_mode
+            if stat.S_ISLNK(mode):
+                resolved = os.path.realpath(text)
+                is_file = os.path.isfile(resolved)
+            else:
+                parent, name = os.path.split(os.path.abspath(text))
+                if parent not in folders:
+                    folders[parent] = os.path.realpath(parent)
+                resolved, is_file = os.path.join(folders[parent], name), stat.S_ISREG(mode)
+        except OSError:
+            resolved, is_file = "", False
+        if not is_file:
+            not_files.append(path)
+        elif resolved not in seen:
+            seen.add(resolved)
             kept.append(path)
-    return kept, len(paths) - len(kept)
+    return kept, not_files, len(paths) - len(kept) - len(not_files)
 
 
 def list_file_images(list_file: Path) -> list[Path]:
@@ -191,8 +213,8 @@ def _resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Pat
         if not images:
             raise ZooError("no bundled sample images found (scikit-learn, matplotlib or ultralytics provide them); "
                            "give a folder with --set data.path=/path/to/images")
-        images, duplicates = unique_by_resolved_path(images)
-        return source, images, None, [], duplicates
+        images, missing, duplicates = unique_by_resolved_path(images)
+        return source, images, None, missing, duplicates
     if not path:
         raise ConfigError(f"recipe key 'data.path' is required for data.source '{source}' "
                           "(e.g. --set data.path=/path/to/images)")
@@ -205,11 +227,8 @@ def _resolve_source(source: str, path: str | None) -> tuple[str, list[Path], Pat
     if source == "list":
         if not where.is_file():
             raise ZooError(f"image list file not found: {where}")
-        listed = list_file_images(where)
-        broken = [p for p in listed if not p.is_file()]
-        missing = set(broken)
-        images, duplicates = unique_by_resolved_path([p for p in listed if p not in missing])
-        return source, images, where.parent, broken, duplicates
+        images, missing, duplicates = unique_by_resolved_path(list_file_images(where))
+        return source, images, where.parent, missing, duplicates
     raise ConfigError(f"recipe key 'data.source' must be auto, bundled, folder or list, got '{source}'")
 
 

@@ -53,7 +53,7 @@ class DataConfig:
     source: str = "auto"
     path: str | None = None
     workers: int | None = None  # DataLoader workers; None: 0-2 on CPU, up to 8 on GPU
-    verify_limit: int = 20000  # decode every image up front when there are at most this many
+    verify_limit: int = 20000  # decode every image up front when there are at most this many, else the held-out ones only
     teacher_cache: str | None = None  # a `zoo cache build` folder: teacher outputs read from it, not computed
 
 
