@@ -229,8 +229,8 @@ def knn_command(run: str | None, teacher_specs: tuple[str, ...], device: str, da
     def score(target: Target) -> dict[str, Any]:
         with progress(f"k-NN {target.who}", len(labelled.train) + len(labelled.val)) as advance:
             result = evaluate_knn(labelled, target.embedder, target.view, k, temperature, batch_size, advance)
-        result.update(target=target.who, head=head if target.spec is None else None, teacher=target.spec)
-        random_note(target.random)
+        result.update(target=target.who, head=head if target.spec is None else None, teacher=target.spec,
+                      random_teacher=target.random)
         return result
 
     if run_dir is not None:
@@ -239,6 +239,7 @@ def knn_command(run: str | None, teacher_specs: tuple[str, ...], device: str, da
     for spec in teacher_specs:
         results.append(score(teacher_target(spec, dev)))  # one teacher in memory at a time
     console.print(_result_table("k-NN", results))
+    random_note(any(r["random_teacher"] for r in results))
     write_json(json_path, results)
     if run_dir is not None and not no_record:
         prefix = "knn" if head is None else f"knn_{head}"  # knn_top1 is always the backbone's own summary
@@ -289,8 +290,7 @@ def zeroshot_command(run: str | None, teacher_specs: tuple[str, ...], device: st
             result = evaluate_zeroshot(labelled, target.embedder, clip, target.view, names, prompts, batch_size,
                                        advance)
         result.update(target=target.who, head=head if target.spec is None else None, teacher=target.spec,
-                      template_set=templates)
-        random_note(target.random)
+                      template_set=templates, random_teacher=target.random)
         return result
 
     if run_dir is not None:
@@ -300,6 +300,7 @@ def zeroshot_command(run: str | None, teacher_specs: tuple[str, ...], device: st
         target = teacher_target(spec, dev)
         results.append(score(target, target.teacher))
     console.print(_result_table("zero-shot", results))
+    random_note(any(r["random_teacher"] for r in results))
     write_json(json_path, results)
     if run_dir is not None and not no_record:
         record_result(run_dir, {"zeroshot_top1": results[0]["top1"], "zeroshot_top5": results[0]["top5"]},
