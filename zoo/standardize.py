@@ -337,7 +337,7 @@ class TeacherStandardizer(nn.Module):
     def names(self) -> list[str]:
         return list(self.features)
 
-    def _apply(self, outputs: Mapping[str, TeacherOutput], inverse: bool) -> dict[str, TeacherOutput]:
+    def _transform(self, outputs: Mapping[str, TeacherOutput], inverse: bool) -> dict[str, TeacherOutput]:
         unknown = set(outputs) - set(self.features)
         if unknown:
             raise ValueError(f"no PHI-S statistics for teachers {sorted(unknown)}; have {self.names}")
@@ -355,11 +355,11 @@ class TeacherStandardizer(nn.Module):
 
     def standardize(self, outputs: Mapping[str, TeacherOutput]) -> dict[str, TeacherOutput]:
         """Teacher outputs (or predictions in teacher space) -> standardised space."""
-        return self._apply(outputs, inverse=False)
+        return self._transform(outputs, inverse=False)
 
     def destandardize(self, outputs: Mapping[str, TeacherOutput]) -> dict[str, TeacherOutput]:
         """Standardised predictions (the heads' outputs) -> each teacher's own space."""
-        return self._apply(outputs, inverse=True)
+        return self._transform(outputs, inverse=True)
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "TeacherStandardizer":
