@@ -269,7 +269,4 @@ def _standardizer(state: Any, heads: nn.Module, checkpoint: Path, device: torch.
     if missing:
         raise ZooError(f"{checkpoint}: PHI-S statistics missing for teacher(s) {', '.join(missing)} "
                        f"(have {', '.join(standardizer.names) or 'none'})")
-    # per part: TeacherStandardizer defines its own _apply, which shadows nn.Module._apply that .to() uses
-    standardizer.summary.to(device)
-    standardizer.features.to(device)
-    return standardizer.eval()
+    return standardizer.to(device).eval()
