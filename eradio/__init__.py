@@ -101,10 +101,26 @@ def create_eradio(variant: str, pretrained: bool = False, num_classes: int = 100
                 f"{timm_name(variant)}: no published weights; pass pretrained_cfg_overlay=dict(file=PATH) "
                 "with a local checkpoint"
             )
-        from timm.models import load_state_dict
-
-        load_weights(model, load_state_dict(str(file), weights_only=True), name=timm_name(variant))
+        load_weights(model, _read_weights(str(file)), name=timm_name(variant))
     return model
+
+
+def _read_weights(path: str) -> dict[str, Any]:
+    """A state dict from a local file with timm's reader (weights only); one-line errors."""
+    import os
+
+    from timm.models import load_state_dict
+
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"weights file not found: {path}")
+    try:
+        state = load_state_dict(path, weights_only=True)
+    except Exception as err:  # torch/safetensors raise many types for garbage; the user needs one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StateDictError(f"{path} is not a readable weights file ({first})") from None
+    if not isinstance(state, dict):
+        raise StateDictError(f"{path} holds no state dict (a mapping of parameter names to tensors)")
+    return state
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
