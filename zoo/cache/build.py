@@ -25,7 +25,7 @@ import torch
 from zoo.atomic import atomic_write_bytes, atomic_write_json, remove_stale_temps, write_via_temp
 from zoo.cache.format import (CACHE_DTYPES, CACHE_FORMAT, DEFAULT_BUILD_BATCH, DEFAULT_DTYPE, DEFAULT_SHARD_SIZE,
                               INDEX_FILE, MANIFEST_FILE, SHARD_DIR, STATS_FILE, CacheError, CacheMismatchError,
-                              ViewTable, cache_fingerprint, decode, encode, estimate_bytes, file_checksum,
+                              ViewTable, cache_fingerprint, encode, estimate_bytes, file_checksum,
                               fill_index, first_difference, human, image_names, read_index, read_json, shard_files,
                               shard_name, view_schedule)
 from zoo.cache.reader import CacheWarning
@@ -60,7 +60,7 @@ def build_cache(
     from zoo.cache.stats import StatsPass, stats_ok
     from zoo.devices import resolve_device
     from zoo.progress import progress_bar
-    from zoo.teachers import TeacherOutput, prepare_teachers
+    from zoo.teachers import prepare_teachers
     from zoo.versions import versions
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
@@ -129,8 +129,7 @@ def build_cache(
                 files = _write_shard(folder, names, arrays,
                                      sum(estimate_bytes(described, _rows_of(i, rows, shard_size), dtype)
                                          for i in todo if i > index))
-                stats.update(index, {name: TeacherOutput(decode(arrays[(name, "summary")], dtype),  # as stored
-                                                         decode(arrays[(name, "features")], dtype)) for name in names})
+                stats.update(index, arrays, names, dtype)  # the values as stored: what training reads
                 done[index] = {"index": index, "name": shard_name(index), "start": start, "rows": stop - start,
                                "files": files}
                 try:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from zoo.cache.format import (INDEX_FILE, MANIFEST_FILE, READABLE_FORMATS, SHARD_DIR, TRAIN_CHECKSUM_LIMIT_BYTES,
-                              CacheError, CacheMismatchError, ViewTable, cache_fingerprint, decode, file_checksum,
+                              CacheError, CacheMismatchError, cache_fingerprint, decode, file_checksum,
                               first_difference, np_dtype, read_index, read_json, regenerate_index, shapes,
                               shard_files, shard_name, view_crop)
 from zoo.data import CropDataset, ImageSet

@@ -30,7 +30,7 @@ import torch
 
 from zoo.cache.format import SHARD_DIR, STATS_FILE, CacheError, decode, file_checksum, shard_files, shard_name
 
-READ_BACK_ROWS = 64  # entries per update when a kept shard is read back (bounded memory)
+CHUNK_ROWS = 32  # entries per estimator update (a 16x16 map: 8192 vectors, 64 MiB of float64 at C=1024)
 
 
 class StatsPass:
@@ -42,26 +42,26 @@ class StatsPass:
         self.estimator = StandardizerEstimator()
         self.fed: set[int] = set()
 
-    def update(self, shard: int, outputs: dict[str, Any]) -> None:
-        """``outputs``: ``{teacher: TeacherOutput}`` of all entries of ``shard`` (float, as stored)."""
-        if shard not in self.fed:
-            self.estimator.update(outputs)
-            self.fed.add(shard)
+    def update(self, shard: int, arrays: dict[tuple[str, str], np.ndarray], names: list[str], dtype: str) -> None:
+        """Feed shard ``shard`` once: ``arrays[(teacher, part)]`` as stored (in memory or memory-mapped)."""
+        from zoo.teachers import TeacherOutput
+
+        if shard in self.fed:
+            return
+        rows = int(arrays[(names[0], "summary")].shape[0])
+        for first in range(0, rows, CHUNK_ROWS):  # bounded float32/float64 copies, even for large shards
+            chunk = slice(first, first + CHUNK_ROWS)
+            self.estimator.update({name: TeacherOutput(decode(arrays[(name, "summary")][chunk], dtype),
+                                                       decode(arrays[(name, "features")][chunk], dtype))
+                                   for name in names})
+        self.fed.add(shard)
 
     def feed_stored(self, out: Path, done: dict[int, dict[str, Any]], names: list[str], dtype: str) -> None:
         """Read back the recorded shards this process did not compute (resumed or upgraded builds)."""
-        from zoo.teachers import TeacherOutput
-
         for index in sorted(set(done) - self.fed):
             folder = out / SHARD_DIR / shard_name(index)
-            arrays = {(teacher, part): np.load(folder / file, mmap_mode="r", allow_pickle=False)
-                      for file, teacher, part in shard_files(names)}
-            rows = int(done[index]["rows"])
-            for first in range(0, rows, READ_BACK_ROWS):
-                self.estimator.update({name: TeacherOutput(
-                    decode(arrays[(name, "summary")][first:first + READ_BACK_ROWS], dtype),
-                    decode(arrays[(name, "features")][first:first + READ_BACK_ROWS], dtype)) for name in names})
-            self.fed.add(index)
+            self.update(index, {(teacher, part): np.load(folder / file, mmap_mode="r", allow_pickle=False)
+                                for file, teacher, part in shard_files(names)}, names, dtype)
 
     def save(self, out: Path) -> dict[str, Any]:
         """Finalize, write the statistics file atomically; the manifest entry."""

@@ -26,11 +26,11 @@ def cache_group() -> None:
 @cache_group.command("build")
 @recipe_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="The cache folder.")
-@click.option("--views", type=int, default=None, help="Augmented views per image (default: recipe augment.views).")
+@click.option("--views", type=click.IntRange(min=1), default=None, help="Augmented views per image (default: recipe augment.views).")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default="fp16", show_default=True,
               help="Stored precision of the teacher outputs.")
-@click.option("--shard-size", type=int, default=None, help="Entries (image views) per shard.")
-@click.option("--batch-size", type=int, default=None, help="Images per teacher forward.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, help="Entries (image views) per shard.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per teacher forward.")
 @device_option()
 @click.option("--offline", is_flag=True, help="Never contact a model hub for teacher weights.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -39,7 +39,10 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
                   offline: bool, no_progress: bool) -> None:
     """Run the recipe's teachers once over its images and store K views per image.
 
-    Interrupted? Run the same command again: verified shards are kept.
+    Interrupted, or the disk filled up? Run the same command again: verified shards
+    are kept. Run again on a finished cache, it restores a changed index.json and
+    adds what an older zoo did not store (index checksum, PHI-S statistics)
+    without running the teachers.
     """
     from zoo.cache import DEFAULT_BUILD_BATCH, DEFAULT_SHARD_SIZE, build_cache, human
     from zoo.recipe import load_recipe
@@ -69,6 +72,9 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
     console.print(table)
     console.print(f"{manifest['rows']} entries in {len(manifest['shards'])} shard(s), {manifest['dtype']}, "
                   f"shared crop {manifest['fingerprint']['shared_resolution']}")
+    stats = manifest.get("standardize") or {}
+    console.print(f"PHI-S statistics: {stats['file']}" if stats.get("file") else
+                  f"PHI-S statistics: not stored ({stats.get('skipped', 'none')})")
 
 
 @cache_group.command("verify")
@@ -80,7 +86,8 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
 def verify_command(cache_dir: str, samples: int, seed: int, device: str, offline: bool) -> None:
     """Check every shard and recompute a sample of entries with the live teachers.
 
-    Exits 1 when a shard is corrupt or a teacher's cosine similarity is under 0.999.
+    Exits 1 when a shard is corrupt or a teacher's cosine similarity is under 0.999;
+    exits 2 (one line) when index.json was changed after the build.
     """
     from zoo.cache import TARGET_COSINE, verify_cache
     from zoo.ui import console, err_console
