@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,11 @@ def test_format1_cache_is_checked_by_regeneration_and_upgraded(image_dir, built,
     assert _build(image_dir, old).exit_code == 0
     upgraded = json.loads((old / MANIFEST_FILE).read_text())
     assert upgraded["format"] == 2 and upgraded["index_sha256"] == file_checksum(old / INDEX_FILE)
+    assert upgraded["standardize"]["file"] == "standardize.safetensors"  # PHI-S statistics from the stored shards
     assert {k: v for k, v in _files(old).items() if k.startswith("shards/")} == shards
-    TeacherCache(old)  # no warning needed any more (pytest runs with warnings as reported, not errors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)  # checked by its checksum now: no warning
+        TeacherCache(old).standardizer.standardize(TeacherCache(built).targets([0]))
 
 
 def _fail_mid_file(monkeypatch, fail_in: str, after_bytes: int = 200) -> list[str]:
