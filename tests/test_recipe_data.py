@@ -387,7 +387,7 @@ def test_skipped_count_names_and_verify_cost_are_on_the_image_set(tmp_path):
 
 
 def test_verify_pass_is_bounded_by_the_limit(tmp_path, monkeypatch):
-    import zoo.data as data
+    import zoo.data.sources as data
 
     _write_images(tmp_path, 12)
     bad = sorted(tmp_path.iterdir())[:3]
