@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("zoo.commands.eval_cmd:eval_group", "Quality of students and teachers: k-NN, zero-shot, segmentation probe."),
     "viz": ("zoo.commands.viz_cmd:viz_command", "PCA pictures of spatial features."),
     "cache": ("zoo.commands.cache_cmd:cache_group", "Teacher feature cache: build once, reuse for every student."),
+    "export": ("zoo.commands.export_cmd:export_command", "Export a student as ONNX, a timm folder or a Hugging Face folder."),
 }
 
 
