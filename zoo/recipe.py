@@ -32,7 +32,8 @@ from zoo.backbone import as_hw
 from zoo.errors import ConfigError, ResolutionError, unknown_name
 
 RECIPE_PACKAGE = "zoo.recipes"
-DATA_SOURCES = ("auto", "bundled", "folder", "list")
+DATA_SOURCES = ("auto", "bundled", "folder", "list", "webdataset")
+EVAL_SOURCES = ("auto", "split", "bundled", "folder", "list", "webdataset")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 STANDARDIZE_METHODS = ("none", "phi-s")
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is a few hundred bytes; anything this large is not one
@@ -46,12 +47,17 @@ class DataConfig:
 
     ``source``: ``bundled`` (sample images shipped with installed packages),
     ``folder`` (``path`` searched recursively), ``list`` (``path`` is a text
-    file with one image path per line, relative to the file's folder) or
-    ``auto`` (``bundled`` without a path, else folder or list by what ``path`` is).
+    file with one image path per line, relative to the file's folder),
+    ``webdataset`` (``path`` is a brace pattern such as ``/data/{00000..01023}.tar``,
+    a folder of ``.tar`` shards or a text file listing shards) or ``auto``
+    (``bundled`` without a path, else webdataset, folder or list by what ``path`` is).
+    ``shuffle_buffer``: shards are read in a seeded order and samples shuffled
+    within a window of this many (webdataset only; see :mod:`zoo.data.shards`).
     """
 
     source: str = "auto"
     path: str | None = None
+    shuffle_buffer: int = 10000  # webdataset: samples move at most this far from their place in the shard stream
     workers: int | None = None  # DataLoader workers; None: 0-2 on CPU, up to 8 on GPU
     verify_limit: int = 20000  # decode every image up front when there are at most this many, else the held-out ones only
     teacher_cache: str | None = None  # a `zoo cache build` folder: teacher outputs read from it, not computed
@@ -114,9 +120,16 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation: ``images`` held out of training, centre crop, no augmentation."""
+    """Held-out evaluation: ``images`` held out of training, centre crop, no augmentation.
+
+    The held-out images are the deterministic split of the training source, or
+    with ``path`` the first ``images`` of a named source (``source``: auto,
+    folder, list, webdataset or bundled; ``split`` is the training split).
+    """
 
     images: int = 2
+    source: str = "auto"  # auto: split without a path, else the kind of `path`
+    path: str | None = None  # a validation folder, list file or shard set for the held-out images
     every: int = 0  # steps between evaluations; 0: only at the end
     batch_size: int = 8
     fd_loss_train_steps: int = 20  # fd_loss_train: mean FD-teacher feature term over the last N training steps
@@ -169,6 +182,10 @@ class Recipe:
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be at least 1"),
             ("train.amp", self.train.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
             ("data.source", self.data.source in DATA_SOURCES, f"must be one of {', '.join(DATA_SOURCES)}"),
+            ("data.shuffle_buffer", self.data.shuffle_buffer >= 0, "must be 0 or more"),
+            ("eval.source", self.eval.source in EVAL_SOURCES, f"must be one of {', '.join(EVAL_SOURCES)}"),
+            ("eval.path", bool(self.eval.path) or self.eval.source in ("auto", "split", "bundled"),
+             f"is required for eval.source '{self.eval.source}' (e.g. --set eval.path=/data/val)"),
             ("optim.lr", self.optim.lr > 0, "must be positive"),
             ("optim.min_lr", 0 <= self.optim.min_lr <= self.optim.lr, "must be between 0 and optim.lr"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be 0 or more"),
@@ -192,6 +209,7 @@ class Recipe:
         from zoo.losses import BALANCING_METHODS
 
         check_source(self.data.source, self.data.path)
+        check_source(self.eval.source, self.eval.path, "eval")
 
         if self.loss.balancing not in BALANCING_METHODS:
             raise ConfigError(f"recipe key 'loss.balancing' must be one of {', '.join(BALANCING_METHODS)}, "

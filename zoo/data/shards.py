@@ -215,9 +215,10 @@ def index_shard(path: Path) -> _ShardIndex:
     file_size = os.path.getsize(path)
     current: str | None = None
     members: dict[str, tuple[int, int]] = {}
+    cut_off = False  # the current sample lost a member to truncation (reported once, as that member)
 
     def close_sample() -> None:
-        if current is None:
+        if current is None or cut_off:
             return
         image = next((members[e] for e in IMAGE_MEMBER_EXTENSIONS if e in members), None)
         if image is None:
@@ -238,7 +239,8 @@ def index_shard(path: Path) -> _ShardIndex:
                 try:
                     info = archive.next()
                 except tarfile.ReadError:  # a damaged header mid-shard: the members before it stay
-                    out.skipped.append(f"{path.name} (damaged after byte {archive.offset})")
+                    if not cut_off:  # (after a cut-off member this is the same truncation)
+                        out.skipped.append(f"(damaged tar header at byte {archive.offset}: the rest is unread)")
                     break
                 if info is None:
                     break
@@ -250,9 +252,10 @@ def index_shard(path: Path) -> _ShardIndex:
                 key, ext = match.group(1), match.group(2).lower()
                 if key != current:
                     close_sample()
-                    current, members = key, {}
+                    current, members, cut_off = key, {}, False
                 if info.offset_data + info.size > file_size:
                     out.skipped.append(f"{key}.{ext} (cut off: the shard is truncated)")
+                    cut_off = True
                     continue
                 members.setdefault(ext, (info.offset_data, info.size))
     except (tarfile.TarError, OSError) as err:
