@@ -15,6 +15,14 @@ fragmentation left by the previous model), one after the other; those
 processes run the same ``zoo`` as their parent, never a ``zoo/`` folder that
 happens to sit in the working directory (see :func:`worker_command`).
 
+The runtime a model is measured in (eager PyTorch, ``torch.compile``,
+onnxruntime, TensorRT) is a plug-in of :mod:`zoo.runtimes`; several runtimes
+(``runtime="eager,onnxruntime"``) are measured in the same interleaved run,
+each backbone once per runtime, and every result records its runtime as part
+of the environment. ``latency=True`` adds batch-1 latency percentiles (p50,
+p90, p99 in ms, every single forward timed on its own), sampled in every round
+next to the throughput repeats.
+
 Every default lives in :class:`BenchSettings` (``zoo bench``'s option
 defaults are read from it); the device comes from
 :func:`zoo.devices.resolve_device` and the recorded versions from
@@ -23,6 +31,7 @@ defaults are read from it); the device comes from
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -45,6 +54,7 @@ from zoo.atomic import atomic_write_json, atomic_write_text
 from zoo.devices import resolve_device
 from zoo.errors import ConfigError, ZooError
 from zoo.progress import progress_bar
+from zoo.runtimes import LatencySamples, RuntimeOptions, get_runtime
 from zoo.sizes import as_hw
 from zoo.versions import versions
 
@@ -83,6 +93,11 @@ class BenchSettings:
         fuse: call ``backbone.fuse()`` (deploy mode) where the backbone supports it.
         flops: count GMACs with fvcore (batch 1, fp32, on the model's device).
         subprocess: one fresh process per model, measured one after the other.
+        runtime: ``eager``, ``compile``, ``onnxruntime``, ``tensorrt`` (:mod:`zoo.runtimes`), or several
+            comma-separated (each backbone measured in each, interleaved). A ``compile`` mode alone
+            means the ``compile`` runtime.
+        latency: also measure batch-1 latency (p50/p90/p99, ms).
+        latency_steps: single-image forwards timed per model and round (with ``latency``).
     """
 
     resolution: tuple[int, int] = (224, 224)
@@ -98,6 +113,9 @@ class BenchSettings:
     fuse: bool = False
     flops: bool = True
     subprocess: bool = False
+    runtime: str = "eager"
+    latency: bool = False
+    latency_steps: int = 20
 
     def __post_init__(self) -> None:
         self.resolution = as_hw(self.resolution)
@@ -126,13 +144,32 @@ class BenchSettings:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.latency_steps < 1:
+            raise ConfigError(f"latency steps must be at least 1, got {self.latency_steps}")
+        runtimes = [r.strip() for r in str(self.runtime).split(",") if r.strip()] or ["eager"]
+        if len(set(runtimes)) != len(runtimes):
+            raise ConfigError(f"runtime listed twice in '{self.runtime}'")
+        if compile_mode and runtimes == ["eager"]:
+            runtimes = ["compile"]  # --compile alone: the compile runtime
+        if "compile" in runtimes and not compile_mode:
+            compile_mode = "default"
+        if compile_mode and "compile" not in runtimes:
+            raise ConfigError(f"--compile applies to the compile runtime; --runtime {','.join(runtimes)} has none")
+        for name in runtimes:
+            get_runtime(name).check(device, dtype)  # unknown names and missing packages: one line, nothing built
         return replace(
             self,
             device=str(device),
             dtype=dtype,
             batch_size=self.batch_size or DEFAULT_BATCH_SIZE[kind],
             compile=compile_mode or False,
+            runtime=",".join(runtimes),
         )
+
+    @property
+    def runtimes(self) -> list[str]:
+        """The runtimes to measure in, in the given order."""
+        return [r.strip() for r in str(self.runtime).split(",") if r.strip()] or ["eager"]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -150,7 +187,11 @@ class BenchResult:
     ``throughput`` holds ``median``, ``min``, ``max``, ``values`` (img/s per
     repeat), ``unit``, and the environment: ``device``, ``device_name``,
     ``batch_size`` (the one actually used), ``resolution``, ``dtype``,
-    ``channels_last``, ``compile``, ``fuse`` (whether fusing applied), ``threads``.
+    ``channels_last``, ``compile``, ``fuse`` (whether fusing applied), ``threads``,
+    ``runtime`` and ``runtime_version`` (:mod:`zoo.runtimes`; ``runtime_info``
+    says how it ran, e.g. the ONNX export's check; absent for eager PyTorch,
+    as in every result written before runtimes existed), and with ``latency`` the
+    batch-1 ``latency_p50``/``latency_p90``/``latency_p99`` (ms).
     ``params_m`` counts the backbone as built (before any fuse; no head).
     ``peak_memory_mb`` is CUDA only (weights + input + peak activations of the
     timed passes); None on CPU. ``gmacs`` is per image (fvcore, one multiply-add
@@ -227,10 +268,13 @@ def count_params_m(model: nn.Module) -> float:
 class _Measurement:
     """One model on the device with its inputs, its timed values and its batch size."""
 
-    def __init__(self, name: str, family: str | None, model: nn.Module, settings: BenchSettings) -> None:
+    def __init__(self, name: str, family: str | None, model: nn.Module, settings: BenchSettings,
+                 runtime: str = "eager") -> None:
         self.name = name
         self.family = family
         self.settings = settings
+        self.runtime = get_runtime(runtime)
+        self.latency = LatencySamples()
         self.device = torch.device(settings.device)
         self.batch_size = int(settings.batch_size)
         self.values: list[float] = []
@@ -252,8 +296,12 @@ class _Measurement:
         if settings.channels_last:
             model.to(memory_format=torch.channels_last)
         self.weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-        self.model = torch.compile(model, mode=settings.compile) if settings.compile else model
+        options = RuntimeOptions(device=self.device, dtype=settings.dtype, compile_mode=settings.compile or None,
+                                 threads=settings.threads, max_batch=self.batch_size,
+                                 resolution=tuple(settings.resolution), channels_last=settings.channels_last)
+        self.prepared = self.runtime.prepare(model, options)
         self.inputs = self._make_inputs()
+        self.latency_inputs = self.prepared.inputs(self._make_inputs(1)) if settings.latency else None
 
     def _count_flops(self, model: nn.Module) -> None:
         from zoo.flops import count_gmacs
@@ -267,27 +315,29 @@ class _Measurement:
             return
         self.gmacs, self.flops_skipped = count.gmacs, count.skipped_ops
 
-    def _make_inputs(self) -> torch.Tensor:
+    def _make_inputs(self, batch_size: int | None = None) -> Any:
+        """A random input batch on the device, converted once for the runtime (numpy for onnxruntime)."""
         height, width = self.settings.resolution
         memory_format = torch.channels_last if self.settings.channels_last else torch.contiguous_format
-        return torch.randn(self.batch_size, 3, height, width, device=self.device).contiguous(
+        x = torch.randn(batch_size or self.batch_size, 3, height, width, device=self.device).contiguous(
             memory_format=memory_format)
-
-    def _autocast(self):
-        dtype = DTYPES[self.settings.dtype]
-        if dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return x if batch_size is not None else self.prepared.inputs(x)
 
     def _forward_steps(self, steps: int) -> None:
         for _ in range(steps):
-            self.model(self.inputs)
-            _synchronize(self.device)  # as timm does: each step's kernels are done when it is counted
+            self.prepared.run(self.inputs)  # synchronised: each step's kernels are done when it is counted
 
     def warmup(self) -> None:
-        with torch.inference_mode(), self._autocast():
-            self._forward_steps(self.settings.warmup)
+        self._forward_steps(self.settings.warmup)
+        if self.latency_inputs is not None:
+            for _ in range(min(self.settings.warmup, 3)):
+                self.prepared.run(self.latency_inputs)
         self.warm = True
+
+    def sample_latency(self) -> None:
+        """Batch-1 single-forward times (one round's worth), when latency is measured."""
+        if self.latency_inputs is not None:
+            self.latency.add(self.prepared, self.latency_inputs, self.settings.latency_steps)
 
     def repeat(self) -> float:
         """One timed repeat; appends and returns its throughput (img/s)."""
@@ -298,11 +348,10 @@ class _Measurement:
             torch.cuda.reset_peak_memory_stats(self.device)
             baseline = torch.cuda.memory_allocated(self.device)
         steps = self.settings.steps_per_repeat
-        with torch.inference_mode(), self._autocast():
-            _synchronize(self.device)
-            start = time.perf_counter()
-            self._forward_steps(steps)
-            elapsed = time.perf_counter() - start
+        _synchronize(self.device)
+        start = time.perf_counter()
+        self._forward_steps(steps)
+        elapsed = time.perf_counter() - start
         if cuda:
             extra = torch.cuda.max_memory_allocated(self.device) - baseline
             peak = extra + self.weight_bytes + self.inputs.numel() * self.inputs.element_size()
@@ -351,9 +400,13 @@ class _Measurement:
             "resolution": list(settings.resolution),
             "dtype": settings.dtype,
             "channels_last": settings.channels_last,
-            "compile": settings.compile,
+            "compile": settings.compile if self.runtime.name == "compile" else False,
             "fuse": self.fused,
         }
+        if self.runtime.name != "eager":  # no runtime key: eager, as every result before runtimes existed
+            throughput.update(self.runtime.environment(), runtime_info=dict(self.prepared.info))
+        if self.latency.values:
+            throughput.update(self.latency.summary())
         return BenchResult(
             backbone=self.name,
             family=self.family,
@@ -379,36 +432,52 @@ def bench_models(
     """Measure already-built modules, interleaved round-robin across repeats.
 
     Each module is set to eval mode, moved to the device (and fused, converted
-    to channels_last, compiled as the settings say) in place.
+    to channels_last, compiled as the settings say) in place. With several
+    runtimes each module is measured once per runtime (a copy for every
+    runtime after the first), all interleaved in the same rounds; results
+    come per module, in the runtimes' order.
     """
     settings = settings.resolved()
     device = torch.device(settings.device)
     families = families or {}
+    runtimes = settings.runtimes
     with _runtime(settings, device), progress_bar(progress) as bar:
-        task = bar.add_task("bench", total=len(models) * (settings.repeats + 1), info="")
+        task = bar.add_task("bench", total=len(models) * len(runtimes) * (settings.repeats + 1), info="")
         runs = []
-        for name, model in models.items():
-            bar.update(task, info=f"prepare + warm-up {name}")
-            run = _Measurement(name, families.get(name), model, settings)
-            run.guarded("warmup")
-            runs.append(run)
-            bar.advance(task)
-        threads = torch.get_num_threads()
-        # Round-robin; a model whose batch was halved mid-way needs extra rounds.
-        round_index = 0
-        while any(len(run.values) < settings.repeats for run in runs):
-            round_index += 1
-            for run in runs:
-                if len(run.values) >= settings.repeats:
-                    continue
-                bar.update(task, info=f"repeat {round_index}/{settings.repeats} {run.name}")
-                before = len(run.values)
-                run.guarded("repeat")
-                if len(run.values) > before:
+        try:
+            for name, model in models.items():
+                for index, runtime in enumerate(runtimes):
+                    label = name if len(runtimes) == 1 else f"{name} ({runtime})"
+                    bar.update(task, info=f"prepare + warm-up {label}")
+                    unit = model if index == len(runtimes) - 1 else copy.deepcopy(model)
+                    # FLOPs are the model's, not the runtime's: counted once per model
+                    run = _Measurement(name, families.get(name), unit,
+                                       settings if index == 0 else replace(settings, flops=False), runtime)
+                    if index > 0:
+                        run.gmacs, run.flops_skipped = runs[-index].gmacs, runs[-index].flops_skipped
+                    run.guarded("warmup")
+                    runs.append(run)
                     bar.advance(task)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        environment = {"device": str(device), "device_name": device_name(device), "threads": threads}
-        return [run.result(settings, created, environment) for run in runs]
+            threads = torch.get_num_threads()
+            # Round-robin; a model whose batch was halved mid-way needs extra rounds.
+            round_index = 0
+            while any(len(run.values) < settings.repeats for run in runs):
+                round_index += 1
+                for run in runs:
+                    if len(run.values) >= settings.repeats:
+                        continue
+                    bar.update(task, info=f"repeat {round_index}/{settings.repeats} {run.name} ({run.runtime.name})")
+                    before = len(run.values)
+                    run.guarded("repeat")
+                    run.sample_latency()
+                    if len(run.values) > before:
+                        bar.advance(task)
+            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            environment = {"device": str(device), "device_name": device_name(device), "threads": threads}
+            return [run.result(settings, created, environment) for run in runs]
+        finally:
+            for run in runs:
+                run.prepared.close()
 
 
 def bench_model(model: nn.Module, settings: BenchSettings, name: str = "model", family: str | None = None,
@@ -518,7 +587,8 @@ def _bench_in_subprocesses(names: Sequence[str], settings: BenchSettings, progre
                 if proc.returncode == 2:  # a ZooError in the worker: pass its message on
                     raise ZooError(f"{name}: {last.removeprefix('Error: ')}")
                 raise RuntimeError(f"bench worker for {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-            results.append(BenchResult.from_dict(json.loads(out.read_text(encoding="utf-8"))))
+            written = json.loads(out.read_text(encoding="utf-8"))
+            results.extend(BenchResult.from_dict(r) for r in (written if isinstance(written, list) else [written]))
             bar.advance(task)
     return results
 
@@ -528,11 +598,11 @@ def _worker(argv: Sequence[str]) -> int:
     data = json.loads(settings_json)
     settings = BenchSettings(**{**data, "resolution": tuple(data["resolution"])})
     try:
-        result = bench_backbones([name], settings, progress=False)[0]
+        results = bench_backbones([name], settings, progress=False)
     except ZooError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
-    atomic_write_json(out, result.to_dict())
+    atomic_write_json(out, [r.to_dict() for r in results])
     return 0
 
 
