@@ -218,6 +218,8 @@ class SearchObjective:
         finished = _finished_run(paths)
         if finished is not None:  # a retried trial whose proxy run had ended before its worker died
             return finished
+        if paths.summary.is_file() and not paths.checkpoint.is_file():
+            paths.summary.unlink()  # the record of an attempt that failed and left nothing to resume: redone now
         return distill(candidate.build(name=name), self.recipe(candidate.resolution), out_dir=str(paths.root.parent),
                        run_name=paths.root.name, resume=paths.checkpoint.is_file(), device=self.settings.device,
                        progress=self.settings.progress, teachers=self.teachers(self.recipe(candidate.resolution)),
@@ -272,14 +274,14 @@ class SearchObjective:
         """Run the proxy distillation; its checkpoint goes when the trial ends, unless kept or interrupted."""
         keep = self.settings.keep_checkpoints
         try:
-            self.distill(trial, candidate, name)
+            returned = self.distill(trial, candidate, name)
         except DivergedError as err:
             record = _record_or_new(paths, name, err.record)
             record.status = STATUS_DIVERGED
             info.extra["diverged"] = str(err)
             self._complete(record, info, candidate, bench, start)
             write_record(paths.root, record)
-            trial.set_user_attr("diverged", str(err).splitlines()[0] if str(err) else "diverged")
+            trial.set_user_attr("diverged", _short(err))
             trial.set_user_attr("record", record.to_dict())
             raise TrialDiverged(f"trial {trial.number}: the proxy run diverged: {err}") from err
         except BaseException as err:
@@ -288,7 +290,8 @@ class SearchObjective:
         finally:
             if not keep:
                 paths.checkpoint.unlink(missing_ok=True)
-        record = read_record(paths.root)
+        # distill wrote summary.json and returned the same content; the file is the source when present
+        record = read_record(paths.root) if paths.summary.is_file() else RunRecord.from_dict(returned)
         record.extra.setdefault("fd_loss_source", PROXY)
         return record
 
@@ -338,6 +341,12 @@ def _record_or_new(paths: RunPaths, name: str, data: Mapping[str, Any] | None) -
     if data:
         return RunRecord.from_dict({**data, "run_id": paths.root.name})
     return RunRecord(run_id=paths.root.name, backbone=name, run_dir=str(paths.root))
+
+
+def _short(err: BaseException) -> str:
+    """``diverged at step 2/6`` from the proxy run's message (which goes on to advise a zoo distill run)."""
+    text = " ".join(str(err).split())
+    return text.split(":")[0] if text else "diverged"
 
 
 def _interrupted(err: BaseException) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW exp_avg + exp_avg_sq
 RECORD_BYTES = 20_000  # summary.json + metrics.jsonl + recipe.yaml of one proxy run, about
-PREVIEW_SAMPLES = 16
+PREVIEW_SAMPLES = 8
 
 
 @dataclass

@@ -300,13 +300,15 @@ class DeclaredSpace:
         return list(self.variants())
 
     def variant_params(self, names: Iterable[str] | None = None, resolution: int | None = None) -> dict[str, dict]:
-        """Parameter values of reference points; a name may omit the family prefix (``b`` for ``eradio-b``)."""
+        """Parameter values of reference points; a name may omit the family's words (``b``, ``s16``)."""
         resolution = self.resolutions[0] if resolution is None else resolution
         known = self.variants()
         out = {}
+        family_words = set(self.family.split("-"))
+        short = {"-".join(w for w in full.split("-") if w not in family_words): full for full in known}
         for name in list(names or known):
-            full = name if name in known else f"{self.family}-{name}"
-            if full not in known:
+            full = name if name in known else short.get(name)  # "b" for eradio-b, "s16" for vit-s16-cpe
+            if full is None:
                 raise unknown_name(f"{self.name} variant", name, known)
             out[full] = self.config_to_params(self.variant_at(known[full], resolution), resolution)
         return out

@@ -152,11 +152,14 @@ def open_journal(path: Path, heartbeat_interval: int | None = HEARTBEAT_INTERVAL
                  grace_period: int | None = GRACE_PERIOD_S, max_retry: int | None = MAX_RETRY) -> Any:
     """A journal-file storage (safe on NFS) with leases for stale-trial recovery (none if ``heartbeat_interval``
     is None: read-only uses)."""
+    import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat_interval else None
     return _lease_storage_class()(JournalFileBackend(str(path)), heartbeat_interval=heartbeat_interval,
                                   grace_period=grace_period if heartbeat_interval else None,
                                   heartbeat_stale_trial_callback=callback)
@@ -384,6 +387,8 @@ def make_trial_check(study: Any, n_trials: int) -> Callable[[Any, Candidate], st
                 continue
             if other.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
                 return f"duplicate of trial {other.number} ({other.state.name.lower()})"
+            if other.state == TrialState.FAIL and "diverged" in other.user_attrs:
+                return f"duplicate of trial {other.number} (diverged: the same proxy run would diverge again)"
         return None
 
     return check
@@ -509,7 +514,8 @@ def _failure_reason(error: Exception | None, trial: Any) -> str:
     if error is not None:
         return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     if trial is not None and "diverged" in trial.user_attrs:
-        return f"the proxy run diverged ({trial.user_attrs['diverged']}); lower the recipe's learning rate"
+        return (f"the proxy run {trial.user_attrs['diverged']}; lower the proxy recipe's learning rate "
+                "(--set optim.lr=...)")
     return "see the log"
 
 

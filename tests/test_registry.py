@@ -8,15 +8,18 @@ import torch
 import pytest
 
 from zoo.backbone import BackboneOutput
-from zoo.errors import ResolutionError, UnknownNameError
+from zoo.errors import ResolutionError, UnknownNameError, ZooError
 from zoo.registry import create_backbone, get_entry, list_backbones
 
 TABLE7 = ["efficientnetv2-s", "resnetv2-101", "regnety-064", "efficientvit-l1", "convnext-b", "nfnet-f3",
           "swinv2-s", "maxvit-b", "poolformerv2-m36", "mvitv2-b"]
 VIT_CPE = ["vit-t16-cpe", "vit-s16-cpe", "vit-b16-cpe", "vit-l16-cpe", "vit-h16-cpe"]
 SMALL = ["convnext-atto", "efficientnetv2-b0", "resnet-18"]
-# timm's EfficientViT-L1 (MIT han-lab) is 52.7M; the paper's Table 7 lists 38M for its L1.
-TIMM_DIFFERS_FROM_PAPER = {"efficientvit-l1": 52.65}
+# Table 7's counts include a 1000-class head; timm's builds match them within this (registry docstring).
+PAPER_TOLERANCE = 0.05
+# The documented exception (the entry's description says so): timm's EfficientViT-L1 (MIT han-lab)
+# is another model size than the paper's L1.
+DOCUMENTED_EXCEPTIONS = {"efficientvit-l1"}
 
 
 def _names() -> list[str]:
@@ -34,13 +37,19 @@ def test_every_required_name_is_registered():
 
 @pytest.mark.parametrize("name", TABLE7)
 def test_param_counts_match_table7(name):
-    """Counted as timm builds the model, with its 1000-class classifier."""
+    """Counted as timm builds the model, with its 1000-class classifier, against the paper's figure."""
     entry = get_entry(name)
     with torch.device("meta"):
         model = timm.create_model(entry.timm_name, pretrained=False)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
-    expected = TIMM_DIFFERS_FROM_PAPER.get(name, entry.paper_params_m)
-    assert abs(params_m - expected) / expected < 0.05, (name, params_m, entry.paper_params_m)
+    deviation = abs(params_m - entry.paper_params_m) / entry.paper_params_m
+    if name in DOCUMENTED_EXCEPTIONS:
+        # Far off the paper, and the entry says by how much (a timm that matched would fail here:
+        # then drop the exception).
+        assert deviation > PAPER_TOLERANCE, (name, params_m, entry.paper_params_m)
+        assert f"{params_m:.1f}M" in entry.description and f"{entry.paper_params_m:.0f}M" in entry.description
+    else:
+        assert deviation < PAPER_TOLERANCE, (name, params_m, entry.paper_params_m)
 
 
 def _small_resolution(name: str) -> int:
@@ -132,3 +141,76 @@ def test_unknown_name_suggests_closest():
     assert "convnext-b" in str(err.value)
     with pytest.raises(UnknownNameError):
         list_backbones(family="nope")
+
+
+# --------------------------------------------------------------------------- backbone files
+
+
+VIT_FILE = "family: vit-cpe\nresolution: 64\nconfig: {embed_dim: 96, depth: 2, num_heads: 3, patch_size: 16}\n"
+
+
+def test_backbone_file_is_named_by_its_stem(tmp_path):
+    path = tmp_path / "small-vit.yaml"
+    path.write_text("name: something-else\n" + VIT_FILE)
+    entry = get_entry(str(path))
+    assert entry.name == "small-vit" and entry.family == "vit-cpe" and entry.default_resolution == (64, 64)
+    model = create_backbone(str(path))
+    assert model.name == "small-vit" and model.config.depth == 2 and model.feature_dim == 96
+    assert model.eval()(torch.zeros(1, 3, 64, 64)).features.shape == (1, 96, 4, 4)
+    assert create_backbone(str(path), resolution=96).size_rule.multiple == 16
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("family: vit-cpe\nconfig: {}\n", "missing resolution"),
+    ("family: vitcpe\nresolution: 64\nconfig: {}\n", "closest: vit-cpe"),
+    ("family: vit-cpe\nresolution: 64\nconfig: {embed_dim: 96, depht: 2}\n", "depht"),
+    ("family: vit-cpe\nresolution: 64\nconfig: {embed_dim: 100, num_heads: 3}\n", "multiple of num_heads"),
+    ("family: vit-cpe\nresolution: 0\nconfig: {}\n", "positive integer"),
+    ("family: eradio\nresolution: 64\nconfig: {dim: -3}\n", "dim"),
+    ("family: vit-cpe\nresolution: 64\nconfig: &a [*a]\n", "aliases"),
+    ("- not\n- a mapping\n", "a mapping"),
+    ("family: [unclosed\n", "not valid YAML"),
+])
+def test_bad_backbone_files_are_one_line_errors(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ZooError) as err:
+        create_backbone(str(path))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_unreadable_backbone_files(tmp_path):
+    with pytest.raises(ZooError, match="backbone file not found"):
+        create_backbone(str(tmp_path / "none.yaml"))
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"family: \xff\xfe\n")
+    with pytest.raises(ZooError, match="not a UTF-8"):
+        create_backbone(str(binary))
+
+
+def test_written_backbone_files_round_trip(tmp_path):
+    from zoo.backbones.files import BackboneFile, read_backbone_file, write_backbone_file
+
+    written = write_backbone_file(tmp_path / "w.yaml", BackboneFile(
+        name="w", family="eradio", resolution=128, config={"dim": 32, "depths": [1, 1, 1, 1]},
+        source={"trial": 3}))
+    back = read_backbone_file(written)
+    assert back.family == "eradio" and back.resolution == 128 and back.source == {"trial": 3}
+    assert back.config["dim"] == 32 and "window_size" in back.config  # stored complete, checked on the way
+    with pytest.raises(ZooError, match="dim"):
+        write_backbone_file(tmp_path / "x.yaml", BackboneFile(name="x", family="eradio", resolution=64,
+                                                              config={"dim": 0}))
+    assert not (tmp_path / "x.yaml").exists()  # a file that would not load is never written
+
+
+def test_the_registry_imports_no_search():
+    """Backbone files are the registry's plug-in: resolving one imports neither the search nor an engine."""
+    import subprocess
+    import sys
+
+    code = ("import sys, zoo.registry as r\n"
+            "try:\n    r.create_backbone('missing.yaml')\nexcept Exception as e:\n    print(type(e).__name__)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('zoo.search', 'zoo.distill', 'zoo.bench'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[:2] == ["ConfigError", "[]"], out.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -154,10 +155,15 @@ def _trial_line(trial: Any, eta: str = "") -> str:
 
 
 class _HideDiverged(logging.Filter):
-    """Optuna logs a caught TrialDiverged with its traceback; our one line per trial says it instead."""
+    """Optuna logs a caught TrialDiverged (with its traceback, then "failed with value None"); our one line
+    per trial says it instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "TrialDiverged" not in record.getMessage()
+        message = record.getMessage()
+        return "TrialDiverged" not in message and not re.search(r"Trial \d+ failed with value None", message)
+
+
+_HIDE_DIVERGED = _HideDiverged()
 
 
 # --------------------------------------------------------------------------- actions
@@ -208,7 +214,8 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
     from zoo.ui import console, err_console
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of our own instead
-    logging.getLogger("optuna.study._optimize").addFilter(_HideDiverged())
+    for name in ("optuna.study._optimize", "optuna.study._tell"):
+        logging.getLogger(name).addFilter(_HIDE_DIVERGED)
     if worker.n_trials < 1:
         raise ConfigError(f"--n-trials must be at least 1, got {worker.n_trials}")
     if space_settings.resolutions is None and not objective.dry_run:
