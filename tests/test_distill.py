@@ -79,7 +79,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 def test_run_writes_record_and_metrics_and_loss_falls(image_dir, tmp_path):
     recipe = tiny_recipe(image_dir, "train.steps=10", "bench.enabled=true", "bench.batch_size=2", "bench.repeats=2",
-                         "bench.warmup=0", "bench.steps_per_repeat=1", "eval.every=5")
+                         "bench.warmup=0", "bench.steps_per_repeat=1", "eval.every=5", "eval.fd_loss_train_steps=4")
     evals = []
     record = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="r1", progress=False,
                      on_eval=lambda step, fd: evals.append((step, fd)))
@@ -102,6 +102,11 @@ def test_run_writes_record_and_metrics_and_loss_falls(image_dir, tmp_path):
     assert [m["step"] for m in train_lines] == list(range(1, 11))
     assert {"step", "lr", "loss", "total", "img_per_s", "time"} <= set(train_lines[0])
     assert {"clip/summary", "dinov2/features"} <= set(train_lines[0]["loss"])
+    # Table 7's FD loss: the DINOv2 feature term of the last eval.fd_loss_train_steps training steps
+    last4 = [m["loss"]["dinov2/features"] for m in train_lines[-4:]]
+    assert record["fd_loss_train"] == pytest.approx(sum(last4) / 4, rel=1e-5)
+    assert record["fd_loss_train"] != pytest.approx(record["fd_loss"], rel=1e-3)  # a different number
+    assert record["diverged_step"] is None and record["data_skipped"] == 0 and record["standardize"] is None
     assert load_recipe(run_dir / "recipe.yaml") == recipe
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True
     assert checkpoint["step"] == 10
@@ -112,7 +117,7 @@ def test_run_writes_record_and_metrics_and_loss_falls(image_dir, tmp_path):
 
 def test_resume_gives_the_same_weights(image_dir, tmp_path):
     recipe = tiny_recipe(image_dir, "train.steps=6", "loss.balancing=adaloss", "augment.hflip=true")
-    distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="straight", progress=False)
+    straight = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="straight", progress=False)
 
     def stop_at_3(step: int, metrics: dict) -> None:
         if step == 3:
@@ -133,6 +138,7 @@ def test_resume_gives_the_same_weights(image_dir, tmp_path):
             torch.testing.assert_close(b[part][key], value, atol=1e-5, rtol=1e-5, msg=f"{part}.{key}")
     assert [m["step"] for m in _metrics(tmp_path / "split") if not m.get("eval")] == list(range(1, 7))
     assert record["train_loss_first"] == pytest.approx(a["train_loss_first"])
+    assert record["fd_loss_train"] == pytest.approx(straight["fd_loss_train"], rel=1e-5)  # window kept across resume
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(image_dir, tmp_path):
@@ -311,3 +317,240 @@ def test_run_ids_stay_unique_within_one_second(tmp_path, monkeypatch):
     (tmp_path / first).mkdir()
     assert zoo.runs.new_run_id("resnet-18", "smoke", tmp_path) == first + "-2"
     assert zoo.runs.new_run_id("picked/best.yaml", "smoke", tmp_path) == "best-smoke-20260102-030405"
+
+
+# --------------------------------------------------------------------------- divergence guard
+
+
+class _InfGrad(torch.autograd.Function):
+    """Identity forward, infinite gradient: a finite loss whose gradient norm is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+class PoisonedBackbone(TinyBackbone):
+    """TinyBackbone whose training step ``at`` gets a NaN loss (``kind="loss"``) or an infinite gradient."""
+
+    def __init__(self, at: int | None, kind: str = "loss") -> None:
+        super().__init__()
+        self.at, self.kind, self.calls = at, kind, 0
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        out = super().forward(x)
+        if not self.training:
+            return out
+        self.calls += 1
+        if self.calls != self.at:
+            return out
+        summary = out.summary * float("nan") if self.kind == "loss" else _InfGrad.apply(out.summary)
+        return BackboneOutput(summary, out.features)
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_divergence_stops_keeps_the_good_checkpoint_and_resumes_with_a_lower_lr(image_dir, tmp_path, kind):
+    from zoo.errors import ConfigError, DivergedError
+
+    # Checked every 3rd step (logging) and before every checkpoint: NaN at step 7 is caught at step 9.
+    recipe = tiny_recipe(image_dir, "train.steps=12", "train.log_every=3", "train.checkpoint_every=5",
+                         "train.grad_clip=null")
+    run = tmp_path / "div"
+    with pytest.raises(DivergedError) as err:
+        distill(PoisonedBackbone(at=7, kind=kind), recipe, out_dir=tmp_path, run_name="div", progress=False)
+    message = str(err.value)
+    assert err.value.exit_code == 3 and "\n" not in message
+    assert f"diverged at step 7/12" in message and f"{run / 'checkpoint.pt'} (step 5)" in message
+    assert f"zoo distill --resume {run} --set optim.lr=0.0003" in message
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary == err.value.record and summary["status"] == "diverged"
+    assert summary["diverged_step"] == 7 and summary["steps"] == 9 and "diverged at step 7" in summary["note"]
+    saved = load_checkpoint(run / "checkpoint.pt")
+    assert saved["step"] == 5 and all(torch.isfinite(v).all() for v in saved["backbone"].values())
+    if kind == "gradient":
+        return
+    # A key that changes what the run trains is refused on resume; nothing on disk changes.
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ConfigError, match="'train.batch_size' cannot change when resuming"):
+        distill(TinyBackbone(), tiny_recipe(image_dir, "train.batch_size=2"), out_dir=tmp_path, run_name="div",
+                resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # A lower learning rate is a resumable change: the run continues from step 5 under it and finishes.
+    lower = tiny_recipe(image_dir, "train.steps=12", "train.log_every=3", "train.checkpoint_every=5",
+                        "train.grad_clip=null", "optim.lr=3e-4", "optim.min_lr=3e-5")
+    seen = []
+    record = distill(TinyBackbone(), lower, out_dir=tmp_path, run_name="div", resume=True, progress=False,
+                     on_step=lambda step, m: seen.append((step, m["lr"])))
+    assert record["status"] == "complete" and record["steps"] == 12 and record["diverged_step"] is None
+    assert seen[0] == (6, pytest.approx(3e-4 * lr_factor(5, lower)))
+    assert load_checkpoint(run / "checkpoint.pt")["recipe"]["optim"]["lr"] == 3e-4
+
+
+def test_guard_reads_the_device_flag_only_when_asked_and_leaves_scaler_skips_alone():
+    from zoo.distill.guard import DivergenceGuard
+    from zoo.distill.parallel import DistContext
+
+    finite, inf, nan = torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(float("nan"))
+    guard = DivergenceGuard(torch.device("cpu"))
+    guard.observe(1, finite, finite)
+    guard.observe(2, finite, inf)  # a finite loss with an infinite gradient norm
+    guard.observe(3, nan, nan)
+    assert guard.diverged_step is None  # nothing is read before check()
+    assert guard.check(DistContext(), step=3) and guard.diverged_step == 2
+    # fp16 loss scaling: an inf gradient is a step the scaler skips, not a divergence; a NaN loss still is
+    scaled = DivergenceGuard(torch.device("cpu"), check_grad_norm=False)
+    scaled.observe(1, finite, inf)
+    assert not scaled.check(DistContext(), step=1)
+    assert scaled.check(DistContext(), step=1, parameters=[torch.tensor([1.0, float("nan")])])
+    assert scaled.diverged_step == 1
+    scaled = DivergenceGuard(torch.device("cpu"), check_grad_norm=False)
+    scaled.observe(4, nan, finite)
+    assert scaled.check(DistContext(), step=5) and scaled.diverged_step == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs a CUDA device")
+def test_fp16_scaler_skips_are_not_divergence(image_dir, tmp_path):
+    recipe = tiny_recipe(image_dir, "train.amp=fp16", "train.steps=6", "train.grad_clip=null")
+    record = distill(PoisonedBackbone(at=3, kind="gradient").cuda(), recipe, out_dir=tmp_path, run_name="fp16",
+                     progress=False, device="cuda")
+    assert record["status"] == "complete" and record["steps"] == 6 and record["diverged_step"] is None
+    saved = load_checkpoint(tmp_path / "fp16" / "checkpoint.pt")
+    assert saved["scaler"]["scale"] < 65536.0  # the scaler met the infinite gradient and lowered its scale
+    assert all(torch.isfinite(v).all() for v in saved["backbone"].values())
+
+
+DDP_DIVERGE_SCRIPT = """
+import os, sys, json, torch
+sys.path.insert(0, {tests!r})
+from test_distill import PoisonedBackbone, tiny_recipe
+from zoo.distill import distill
+from zoo.errors import DivergedError
+from pathlib import Path
+rank = int(os.environ["RANK"])
+recipe = tiny_recipe(Path({images!r}), "train.steps=8", "train.log_every=4", "train.checkpoint_every=2")
+try:
+    distill(PoisonedBackbone(at=3 if rank == 1 else None), recipe, out_dir={out!r}, run_name="ddp-nan",
+            progress=False, device="cpu")
+except DivergedError as err:
+    print("RANK", rank, json.dumps(err.record.get("diverged_step")), flush=True)
+    sys.exit(3)
+"""
+
+
+def test_ddp_ranks_agree_on_divergence(image_dir, tmp_path):
+    # Only rank 1's loss turns NaN (step 3); both ranks stop at the next check, nobody hangs in a collective.
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(DDP_DIVERGE_SCRIPT.format(tests=str(Path(__file__).parent), images=str(image_dir),
+                                                out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    ranks = sorted(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("RANK"))
+    assert ranks == [["0", "3"], ["1", "3"]], (result.stdout, result.stderr[-3000:])
+    summary = json.loads((tmp_path / "ddp-nan" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 3 and summary["world_size"] == 2
+    assert load_checkpoint(tmp_path / "ddp-nan" / "checkpoint.pt")["step"] == 2
+
+
+# --------------------------------------------------------------------------- AMP modes, backbone files, PHI-S
+
+
+class DtypeBackbone(TinyBackbone):
+    """Records the dtype its convolutions compute in during training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        out = super().forward(x)
+        if self.training:
+            self.seen.add(out.features.dtype)
+        return out
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("off", torch.float32), ("auto", torch.float32)])
+def test_amp_modes_on_cpu(image_dir, tmp_path, amp, dtype):
+    backbone = DtypeBackbone()
+    record = distill(backbone, tiny_recipe(image_dir, f"train.amp='{amp}'", "train.steps=2"), out_dir=tmp_path,
+                     run_name=amp, progress=False, device="cpu")
+    assert backbone.seen == {dtype}
+    assert record["status"] == "complete" and record["train_loss_last"] is not None
+    saved = load_checkpoint(tmp_path / amp / "checkpoint.pt")
+    assert all(v.dtype == torch.float32 for v in saved["backbone"].values())  # master weights stay fp32
+
+
+def test_amp_fp16_on_cpu_is_refused_without_a_run_folder(image_dir, tmp_path):
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        distill(TinyBackbone(), tiny_recipe(image_dir, "train.amp=fp16"), out_dir=tmp_path, run_name="fp16",
+                progress=False, device="cpu")
+    assert not (tmp_path / "fp16").exists()
+
+
+TINY_NET_YAML = """name: searched-trial-7
+family: vit-cpe
+resolution: 32
+config: {embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0, patch_size: 16, cpe_grid: 8}
+"""
+
+
+def test_cli_distill_a_backbone_file_is_named_by_its_stem(tmp_path):
+    picked = tmp_path / "picked"
+    picked.mkdir()
+    (picked / "tiny-net.yaml").write_text(TINY_NET_YAML)
+    out = tmp_path / "runs"
+    common = ["--no-progress", "--offline"]
+    result = _cli(["distill", "--backbone", str(picked / "tiny-net.yaml"), "--recipe", "smoke", "--steps", "2",
+                   "--teacher", "clip:tiny@32", "--set", "train.resolution=32", "--set", "train.batch_size=2",
+                   "--set", "bench.enabled=false", "--out", str(out), *common])
+    assert result.exit_code == 0, result.output
+    (run,) = list(out.iterdir())
+    assert run.name.startswith("tiny-net-smoke-")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backbone"] == "tiny-net" and summary["family"] == "vit-cpe" and summary["run_id"] == run.name
+    assert (run / "backbone.yaml").read_text() == TINY_NET_YAML  # the run keeps its architecture
+    (picked / "tiny-net.yaml").unlink()
+    result = _cli(["distill", "--resume", str(run), "--steps", "3", *common])  # train.steps may grow on resume
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["backbone"] == "tiny-net" and summary["steps"] == 3 and summary["status"] == "complete"
+
+
+def test_phi_s_statistics_live_in_the_checkpoint_and_resume_exactly(image_dir, tmp_path):
+    from zoo.standardize import TeacherStandardizer
+
+    recipe = tiny_recipe(image_dir, "train.steps=4", "loss.standardize=phi-s", "loss.standardize_batches=2")
+    straight = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="straight", progress=False)
+    assert straight["standardize"]["method"] == "phi-s" and straight["standardize"]["source"] == "estimated"
+    assert set(straight["standardize"]["teachers"]) == {"clip", "dinov2"}
+    assert straight["fd_loss"] is not None and straight["fd_loss_train"] is not None
+
+    def stop_at_2(step: int, metrics: dict) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)  # the built TinyBackbone takes its initial weights from the global RNG, as above
+    with pytest.raises(DistillInterrupted):
+        distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="split", progress=False, on_step=stop_at_2)
+    resumed = distill(TinyBackbone(), recipe, out_dir=tmp_path, run_name="split", resume=True, progress=False)
+    assert resumed["standardize"]["source"] == "estimated"  # restored from the checkpoint, not re-estimated
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    for key, value in a["standardizer"].items():
+        torch.testing.assert_close(b["standardizer"][key], value, msg=key)
+    for part in ("backbone", "heads"):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, atol=1e-5, rtol=1e-5, msg=f"{part}.{key}")
+    # The heads learn standardised targets: their outputs map back to the teacher's space with the saved inverse.
+    standardizer = TeacherStandardizer.from_state_dict(a["standardizer"])
+    y = torch.randn(3, 96, 2, 2)
+    torch.testing.assert_close(standardizer.features["dinov2"].inverse(standardizer.features["dinov2"](y)), y,
+                               atol=1e-4, rtol=1e-4)

@@ -87,7 +87,7 @@ def run_copy(stopped_run, tmp_path) -> Path:
 def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
     # lr 1e6 drives the loss to NaN within a few steps; checkpoints every 2 steps.
     result = _distill("--backbone", "resnet-18", "--recipe", "smoke", *TINY, "--set", "optim.lr=1e6",
-                      "--set", "optim.warmup_steps=0", "--steps", "10", "--set", "train.checkpoint_every=2",
+                      "--set", "optim.warmup_steps=0", "--steps", "6", "--set", "train.checkpoint_every=2",
                       "--out", str(tmp_path), "--run-name", "nan")
     run = tmp_path / "nan"
     summary = json.loads((run / "summary.json").read_text())
@@ -95,7 +95,7 @@ def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
     saved = load_checkpoint(run / "checkpoint.pt")
     good = saved["step"]
     assert 2 <= good < summary["diverged_step"] and _all_finite(saved)
-    _one_line(result, 3, f"diverged at step {summary['diverged_step']}/10",
+    _one_line(result, 3, f"diverged at step {summary['diverged_step']}/6",
               f"Last good checkpoint: {run / 'checkpoint.pt'} (step {good})",
               f"zoo distill --resume {run} --set optim.lr=100000")
     assert summary["fd_loss"] is None and summary["train_loss_last"] is None  # valid JSON, no NaN
@@ -105,9 +105,9 @@ def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tmp_path):
     again = _distill("--resume", str(run), "--set", "optim.lr=1e-4", "--no-progress", "--offline")
     assert again.exit_code == 0, again.output
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "complete" and summary["steps"] == 10 and summary["diverged_step"] is None
+    assert summary["status"] == "complete" and summary["steps"] == 6 and summary["diverged_step"] is None
     final = load_checkpoint(run / "checkpoint.pt")
-    assert final["step"] == 10 and _all_finite(final) and final["recipe"]["optim"]["lr"] == 1e-4
+    assert final["step"] == 6 and _all_finite(final) and final["recipe"]["optim"]["lr"] == 1e-4
 
 
 # --------------------------------------------------------------------------- unusable checkpoints
