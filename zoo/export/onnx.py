@@ -140,8 +140,8 @@ def export_graph(model: nn.Module, example: torch.Tensor, path: Path, output_nam
             torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
                               output_names=list(output_names), dynamic_shapes=dynamic_shapes,
                               external_data=external_data, verbose=False)
-    except ZooError:
-        raise
+    except (ZooError, OSError):
+        raise  # a full disk is the staging folder's to report
     except Exception as err:  # noqa: BLE001 - any exporter failure is reported in one line (--debug: traceback)
         raise ZooError(f"torch.onnx.export could not export this model ({_first_line(err)})") from err
 

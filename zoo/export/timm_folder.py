@@ -168,9 +168,19 @@ def timm_config(source: ExportSource, spec: TimmSpec) -> dict[str, Any]:
 
 
 def write_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """A ``.safetensors`` file; a full disk surfaces as ``OSError(ENOSPC)`` (safetensors wraps it in its own error)."""
+    import errno
+
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(state, str(path), metadata={"format": "pt", **(metadata or {})})
+    try:
+        save_file(state, str(path), metadata={"format": "pt", **(metadata or {})})
+    except SafetensorError as err:
+        text = str(err)
+        if "StorageFull" in text or "No space left" in text or "code: 28" in text:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
 
 
 def write_model_files(folder: Path, source: ExportSource, spec: TimmSpec) -> None:
