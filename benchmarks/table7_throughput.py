@@ -11,6 +11,12 @@ Three modes, each printed as img/s (median over repeats) and as a ratio to
   tens of seconds per model, so each model is compiled and measured on its own,
   ``eradio-b`` first, and models that no longer fit ``--time-budget`` are
   listed as skipped rather than overrunning it.
+* ``tensorrt`` (GPU only): the paper's protocol for Table 7, TensorRT in fp16
+  at batch 128 (E-RADIO fused), through :mod:`zoo.runtimes` (torch-tensorrt,
+  or TensorRT's Python API on the ONNX export). Engines take tens of seconds
+  to build, so models are measured one by one within the time budget, like
+  ``compiled``. On by default on a GPU where torch-tensorrt or tensorrt is
+  installed; without them the run says so and measures the other modes.
 
 Defaults follow the paper's GPU protocol on CUDA (batch 128, bf16 autocast,
 channels_last, all models, all modes, 285 s budget so a run ends within
@@ -36,11 +42,16 @@ from rich.table import Table
 
 from zoo.bench import DEFAULT_BATCH_SIZE, DEFAULTS, BenchResult, BenchSettings, bench_backbones, device_name
 from zoo.devices import resolve_device
+from zoo.errors import ZooError
 from zoo.registry import list_backbones, parse_backbone_list
+from zoo.runtimes import get_runtime
 from zoo.ui import console, err_console
 
 REFERENCE = "eradio-b"
-MODES = ("eager", "fused", "compiled")
+MODES = ("eager", "fused", "compiled", "tensorrt")
+# Table 7's deployment protocol: TensorRT, fp16, batch 128.
+TENSORRT_DTYPE = "fp16"
+TENSORRT_BATCH = 128
 CPU_DEFAULT_MODELS = ["eradio-b", "eradio-b-noup", "eradio-xt", "efficientnetv2-s", "convnext-b"]
 FIRST_COMPILE_ESTIMATE_S = 60.0  # before any compile has been timed
 # This script's protocol where it departs from zoo bench's defaults (zoo.bench.DEFAULTS): bf16 autocast on
@@ -73,6 +84,7 @@ class Plan:
     elapsed_s: float = 0.0
     results: dict[str, dict[str, BenchResult]] = field(default_factory=dict)  # mode -> name -> result
     skipped: dict[str, list[str]] = field(default_factory=dict)  # mode -> names
+    notes: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str] | None = None) -> Plan:
@@ -103,10 +115,21 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     names = parse_backbone_list(args.models) if args.models else (table7_names() if gpu else CPU_DEFAULT_MODELS)
-    modes = [m.strip() for m in (args.modes or ",".join(MODES if gpu else MODES[:2])).split(",") if m.strip()]
+    tensorrt_missing = tensorrt_unavailable(device)
+    notes = []
+    if args.modes:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    elif gpu:
+        modes = list(MODES) if tensorrt_missing is None else list(MODES[:3])
+        if tensorrt_missing:
+            notes.append(f"tensorrt mode (Table 7's protocol) not measured: {tensorrt_missing}")
+    else:
+        modes = list(MODES[:2])
     for mode in modes:
         if mode not in MODES:
             parser.error(f"unknown mode '{mode}'; choose from {', '.join(MODES)}")
+    if "tensorrt" in modes and tensorrt_missing:
+        parser.error(tensorrt_missing)
     settings = BenchSettings(
         resolution=args.resolution,
         batch_size=args.batch_size or DEFAULT_BATCH_SIZE[device.type],
@@ -123,7 +146,16 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     )
     budget = args.time_budget if args.time_budget is not None else (GPU_TIME_BUDGET_S if gpu else None)
     return Plan(names=names, modes=modes, settings=settings, time_budget_s=budget, results_file=args.results,
-                compile_mode=args.compile_mode)
+                compile_mode=args.compile_mode, notes=notes)
+
+
+def tensorrt_unavailable(device: torch.device) -> str | None:
+    """Why the tensorrt mode cannot run here (no CUDA, no torch-tensorrt/tensorrt), or None."""
+    try:
+        get_runtime("tensorrt").check(device, TENSORRT_DTYPE)
+    except ZooError as err:
+        return str(err)
+    return None
 
 
 def with_settings(settings: BenchSettings, **changes) -> BenchSettings:
@@ -144,20 +176,26 @@ def run(plan: Plan) -> None:
         measure("eager", plan.names, settings)
     if "fused" in plan.modes:
         measure("fused", [n for n in plan.names if is_eradio(n)], with_settings(settings, fuse=True, flops=False))
-    if "compiled" in plan.modes:
-        compiled = with_settings(settings, fuse=True, flops=False, compile=plan.compile_mode)
+    def one_by_one(mode: str, mode_settings: BenchSettings) -> None:
+        """Each model on its own (compiling / building an engine takes tens of seconds), within the budget."""
         order = sorted(plan.names, key=lambda n: (n != REFERENCE, not is_eradio(n)))  # reference first
         longest = None
         for name in order:
             elapsed = time.perf_counter() - start
             estimate = longest if longest is not None else FIRST_COMPILE_ESTIMATE_S
             if plan.time_budget_s is not None and elapsed + estimate > plan.time_budget_s:
-                plan.skipped.setdefault("compiled", []).append(name)
+                plan.skipped.setdefault(mode, []).append(name)
                 continue
             began = time.perf_counter()
-            measure("compiled", [name], compiled)
+            measure(mode, [name], mode_settings)
             longest = max(longest or 0.0, time.perf_counter() - began)
             torch._dynamo.reset()  # drop compiled graphs and their caches between models
+
+    if "compiled" in plan.modes:
+        one_by_one("compiled", with_settings(settings, fuse=True, flops=False, compile=plan.compile_mode))
+    if "tensorrt" in plan.modes:
+        one_by_one("tensorrt", with_settings(settings, fuse=True, flops=False, runtime="tensorrt",
+                                             dtype=TENSORRT_DTYPE, batch_size=TENSORRT_BATCH, channels_last=False))
     plan.elapsed_s = time.perf_counter() - start
 
 
@@ -170,6 +208,9 @@ def report(plan: Plan) -> None:
         f"{device_name(device)}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"{plan.elapsed_s:.0f} s"
     )
+    if "tensorrt" in plan.modes:
+        console.print(f"tensorrt mode: TensorRT {TENSORRT_DTYPE}, batch {TENSORRT_BATCH} (Table 7's protocol), "
+                      "E-RADIO fused")
     table = Table(title=f"img/s (median) and ratio to {REFERENCE} in the same mode", title_justify="left")
     table.add_column("backbone")
     table.add_column("Table 7 (M)", justify="right")
@@ -191,6 +232,8 @@ def report(plan: Plan) -> None:
             cells += [f"{value:,.1f}", f"{ratio:.2f}" if ratio is not None else "n/a"]
         table.add_row(*cells)
     console.print(table)
+    for note in plan.notes:
+        err_console.print(f"[yellow]note:[/] {note}")
     for mode, names in plan.skipped.items():
         err_console.print(f"[yellow]note:[/] {mode}: {len(names)} model(s) skipped to stay within "
                           f"{plan.time_budget_s:.0f} s: {', '.join(names)}")
