@@ -1,7 +1,7 @@
 """Does the sampler matter? Hypervolume of NSGA-II and TPE against random sampling at the same budget.
 
 Each sampler runs ``--trials`` trials of the real E-RADIO search space
-(:class:`zoo.search.space.SearchSpace`) on a *cheap surrogate objective*, for
+(:class:`zoo.search.spaces.eradio.ERadioSpace`) on a *cheap surrogate objective*, for
 several seeds; the score is the hypervolume of the trials' front
 (``optuna._hypervolume.compute_hypervolume``) in the plane
 (``-log10 throughput``, ``FD loss``), both minimised, against one reference
@@ -14,9 +14,9 @@ samplers and runs in about a minute on a CPU):
   and throughput is ``1000 / latency_ms`` with
   ``latency_ms = GMACs x 1 ms + 0.05 ms per block`` (a notional accelerator
   at 1 TMAC/s with a per-layer launch cost, so depth costs speed too);
-* FD loss is :func:`zoo.search.objective.surrogate_fd_loss` (falls with
+* FD loss is the space's ``surrogate_fd_loss`` (falls with
   parameters, attention depth, a neck, larger windows), the stand-in
-  ``zoo search --dry-run`` uses.
+  ``zoo search run --dry-run`` uses.
 
 With ``--objective real`` each trial is the real ``zoo search`` objective
 instead: throughput measured with zoo.bench on this machine and FD loss from a
@@ -46,8 +46,8 @@ from optuna._hypervolume import compute_hypervolume
 from torch.utils.flop_counter import FlopCounterMode
 
 from zoo.search import study as runner
-from zoo.search.objective import surrogate_fd_loss
-from zoo.search.space import Candidate, SearchSpace, parse_limits
+from zoo.search.space import Candidate, parse_limits
+from zoo.search.spaces.eradio import ERadioSpace
 
 MS_PER_GMAC = 1.0
 MS_PER_BLOCK = 0.05
@@ -57,7 +57,7 @@ POOL_SIZE = 200  # random candidates that set the reference point
 class SurrogateObjective:
     """(throughput, FD loss) of a candidate from its exact FLOPs/params; cached per candidate."""
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: ERadioSpace) -> None:
         self.space = space
         self.cache: dict[str, tuple[float, float]] = {}
 
@@ -71,7 +71,7 @@ class SurrogateObjective:
             gmacs = counter.get_total_flops() / 2e9  # FlopCounterMode counts 2 FLOPs per multiply-add
             blocks = sum(candidate.config.depths) * (1 + len(candidate.config.mra_ratios))
             throughput = 1000.0 / (gmacs * MS_PER_GMAC + blocks * MS_PER_BLOCK)
-            self.cache[key] = (throughput, surrogate_fd_loss(candidate, params_m))
+            self.cache[key] = (throughput, self.space.surrogate_fd_loss(candidate, params_m))
         return self.cache[key]
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
@@ -81,12 +81,12 @@ class SurrogateObjective:
 class RealObjective:
     """The real trial objective of ``zoo search``: measured throughput + proxy-distillation FD loss."""
 
-    def __init__(self, space: SearchSpace, out_dir: str, proxy_steps: int) -> None:
+    def __init__(self, space: ERadioSpace, out_dir: str, proxy_steps: int) -> None:
         from zoo.search.objective import ObjectiveSettings, SearchObjective
 
         settings = ObjectiveSettings(recipe="search-proxy", recipe_overrides=(f"train.steps={proxy_steps}",),
-                                     out_dir=out_dir, device="auto", bench_warmup=1, bench_repeats=2,
-                                     bench_steps=3)
+                                     out_dir=out_dir, device="auto",
+                                     bench={"warmup": 1, "repeats": 2, "steps_per_repeat": 3})
         self.objective = SearchObjective(space, settings, study_name="efficiency")
         self.objective.prepare()
         self.evaluated = 0
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--objective", choices=("surrogate", "real"), default="surrogate")
     parser.add_argument("--proxy-steps", type=int, default=5, help="distillation steps per trial (real objective)")
     parser.add_argument("--limit", action="append", default=[], metavar="NAME=V1,V2",
-                        help="restrict a search parameter, as `zoo search --limit` (e.g. dim=32,48,64)")
+                        help="restrict a search parameter, as `zoo search run --limit` (e.g. dim=32,48,64)")
     args = parser.parse_args()
     if args.objective == "real":
         return main_real(args)
@@ -142,7 +142,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
 
-    space = SearchSpace((args.resolution,), limits=parse_limits(args.limit) or None)
+    space = ERadioSpace((args.resolution,), limits=parse_limits(args.limit) or None)
     objective = SurrogateObjective(space)
     rng = random.Random(12345)
     pool = [objective.evaluate(space.params_to_candidate(space.random_params(rng))) for _ in range(POOL_SIZE)]
@@ -168,7 +168,7 @@ def main_real(args: argparse.Namespace) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore")
-    space = SearchSpace((args.resolution,), limits=parse_limits(args.limit) or None)
+    space = ERadioSpace((args.resolution,), limits=parse_limits(args.limit) or None)
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     fronts: dict[str, list[list[tuple[float, float]]]] = {}
     start = time.perf_counter()
