@@ -29,7 +29,7 @@ from zoo.cache.format import (CACHE_DTYPES, CACHE_FORMAT, DEFAULT_BUILD_BATCH, D
                               fill_index, first_difference, human, image_names, read_index, read_json, shard_files,
                               shard_name, view_schedule)
 from zoo.cache.reader import CacheWarning
-from zoo.data import CropDataset, load_crop, load_images, shared_resolution
+from zoo.data import CropDataset, load_crop, load_recipe_images, shared_resolution
 from zoo.errors import ConfigError, DiskFullError
 from zoo.recipe import Recipe, load_recipe
 from zoo.runs import now_utc
@@ -72,7 +72,7 @@ def build_cache(
     out = Path(out_dir)
     torch_device = resolve_device(device)
     teacher_list = prepare_teachers(teachers, recipe.teachers, torch_device, offline)
-    images = load_images(recipe.data.source, recipe.data.path, recipe.eval.images, recipe.data.verify_limit)
+    images = load_recipe_images(recipe)  # the images a run of this recipe trains on (folders, lists, shards)
     shared_hw = shared_resolution(recipe.resolution, *[t.resolution for t in teacher_list])
     fingerprint = cache_fingerprint(recipe, teacher_list, images, shared_hw)
     dataset = CropDataset(images.train, shared_hw, recipe.train.seed, recipe.train.batch_size,
@@ -241,8 +241,9 @@ def _index(out: Path, manifest: dict[str, Any] | None, table: ViewTable, schedul
 def _portable_recipe(recipe: Recipe) -> dict[str, Any]:
     """The recipe with an absolute data path, so `zoo cache verify` finds the images from any folder."""
     data = recipe.to_dict()
-    if data["data"].get("path"):
-        data["data"]["path"] = str(Path(data["data"]["path"]).expanduser().resolve())
+    for section in ("data", "eval"):  # a brace pattern resolves too (only its folder part is looked up)
+        if data[section].get("path"):
+            data[section]["path"] = str(Path(data[section]["path"]).expanduser().resolve())
     return data
 
 

@@ -61,7 +61,9 @@ def file_checksum(path: Path) -> str:
 
 
 def image_names(images: ImageSet) -> list[str]:
-    """The training images as stable names (relative to the source root, else absolute paths)."""
+    """The training images as stable names (relative to the source root, else absolute paths; ``shard:key``)."""
+    if hasattr(images, "train_names"):
+        return images.train_names()
     names = []
     for path in images.train:
         if images.root is not None:
@@ -173,15 +175,14 @@ def view_schedule(dataset: CropDataset, views: int) -> list[tuple[int, int]]:
 
 def fill_index(table: ViewTable, schedule: Sequence[tuple[int, int]], dataset: CropDataset) -> None:
     """Box, flip and ``(step, slot)`` of every entry (one image header read per entry, no decoding)."""
-    from PIL import Image
+    from zoo.data import image_size
 
     table.step, table.slot, table.box, table.flip = [], [], [], []
     sizes: dict[int, tuple[int, int]] = {}
     for row, (step, slot) in enumerate(schedule):
         image = row // table.views
         if image not in sizes:
-            with Image.open(dataset.paths[image]) as opened:
-                sizes[image] = opened.size
+            sizes[image] = image_size(dataset.paths[image])  # a file or a shard member
         width, height = sizes[image]
         table.step.append(int(step))
         table.slot.append(int(slot))

@@ -115,14 +115,13 @@ class TeacherCache:
 
     def _build_inputs(self, recipe: Recipe | None, images: ImageSet | None) -> tuple[Recipe, ImageSet]:
         """The recipe and images the cache was built from (the manifest's, unless given)."""
-        from zoo.data import load_images
+        from zoo.data import load_recipe_images
         from zoo.recipe import recipe_from_dict
 
         built = recipe_from_dict(self.manifest["recipe"])
         recipe = recipe or built
         if images is None:
-            images = load_images(built.data.source, built.data.path, built.eval.images, built.data.verify_limit,
-                                 warn=False)
+            images = load_recipe_images(built, warn=False)
         return recipe, images
 
     def check(self, checksums: bool = True) -> list[ShardProblem]:

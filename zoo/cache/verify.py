@@ -13,7 +13,7 @@ import torch
 from zoo.cache.format import (MANIFEST_FILE, TARGET_COSINE, TEACHER_KEYS, CacheError, CacheMismatchError,
                               first_difference, image_names, read_json, shard_name, view_crop)
 from zoo.cache.reader import ShardProblem, TeacherCache
-from zoo.data import load_images
+from zoo.data import load_recipe_images
 
 
 @dataclass
@@ -72,7 +72,7 @@ def verify_cache(path: str | os.PathLike, samples: int = 8, device: str = "auto"
     difference = first_difference(cache.teachers, live)
     if difference:
         raise CacheMismatchError(f"the live teachers differ from the cache's: {difference}")
-    images = load_images(recipe.data.source, recipe.data.path, recipe.eval.images, recipe.data.verify_limit)
+    images = load_recipe_images(recipe)
     if image_names(images) != cache.table.names:
         raise CacheMismatchError(f"the images of {path} changed since the build (data.image_list_sha256)")
     shared_hw = tuple(cache.fingerprint["shared_resolution"])
