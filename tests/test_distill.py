@@ -522,6 +522,11 @@ def test_cli_distill_a_backbone_file_is_named_by_its_stem(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
     assert summary["backbone"] == "tiny-net" and summary["steps"] == 3 and summary["status"] == "complete"
+    from zoo.loading import load_run  # the student loads from the run's own copy of its backbone file
+
+    loaded = load_run(run)
+    out, adaptors = loaded(torch.rand(1, 3, 32, 32))
+    assert out.features.shape[1] == 32 and set(adaptors) == {"clip"}
 
 
 def test_phi_s_statistics_live_in_the_checkpoint_and_resume_exactly(image_dir, tmp_path):

@@ -23,7 +23,7 @@ from zoo.evaluations.metrics import topk_accuracy
 from zoo.evaluations.zeroshot import (class_text_embeddings, evaluate_zeroshot, zeroshot_probabilities,
                                       zeroshot_templates)
 from zoo.loading import LoadedRun, load_run
-from zoo.runs import RunRecord, read_record, update_record
+from zoo.runs import RunRecord, update_record
 from zoo.viz import VIZ_LABEL_HEIGHT, pca_rgb
 
 RESOLUTION = 32

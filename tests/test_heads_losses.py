@@ -241,8 +241,8 @@ def test_uncertainty_balancer_matches_eq6_per_image_with_hand_set_b():
                  for (bs, bf), ls, lf in zip(b, (2.0, 0.5), (3.0, 1.0))]
     expected = sum(per_image) / 2
     assert total.item() == pytest.approx(expected, rel=1e-6)
-    assert weights["clip/summary"] == pytest.approx((math.exp(0.2) + math.exp(-1.8)) / 2, rel=1e-6)
-    assert weights["clip/features"] == pytest.approx((1.0 + math.exp(2.0)) / 2, rel=1e-6)
+    assert float(weights["clip/summary"]) == pytest.approx((math.exp(0.2) + math.exp(-1.8)) / 2, rel=1e-6)
+    assert float(weights["clip/features"]) == pytest.approx((1.0 + math.exp(2.0)) / 2, rel=1e-6)
     # The old formula (b and L averaged over the batch first) gives a different number here.
     b_mean = [(-0.2 + 1.8) / 2, (0.0 - 2.0) / 2]
     old = sum(math.exp(-bm) * lm + _softplus(bm) for bm, lm in zip(b_mean, (1.25, 2.0)))
@@ -288,8 +288,8 @@ def test_adaloss_weights_are_one_over_the_ema():
     total, weights = balancer({"clip/summary": torch.tensor(4.0), "clip/features": torch.tensor(8.0)})
     # step 2: ema = 0.99 * (0.01 * 2) + 0.01 * 4 = 0.0598, debiased by 1 - 0.99^2 = 0.0199
     expected_e = 0.0598 / 0.0199
-    assert weights["clip/summary"] == pytest.approx(1 / expected_e, rel=1e-5)
-    assert weights["clip/features"] == pytest.approx(1 / 8.0, rel=1e-5)
+    assert float(weights["clip/summary"]) == pytest.approx(1 / expected_e, rel=1e-5)
+    assert float(weights["clip/features"]) == pytest.approx(1 / 8.0, rel=1e-5)
     assert total.item() == pytest.approx(4.0 / expected_e + 1.0, rel=1e-5)
     # the EMA is a checkpointed buffer; eval mode reads it without updating
     state = balancer.state_dict()
@@ -298,7 +298,7 @@ def test_adaloss_weights_are_one_over_the_ema():
     restored.load_state_dict(state)
     restored.eval()
     _, eval_weights = restored({"clip/summary": torch.tensor(100.0)})
-    assert eval_weights["clip/summary"] == pytest.approx(1 / expected_e, rel=1e-5)
+    assert float(eval_weights["clip/summary"]) == pytest.approx(1 / expected_e, rel=1e-5)
     assert torch.equal(restored.loss_steps, torch.tensor([2, 2]))
 
 

@@ -8,7 +8,7 @@ student: the adaptor heads of the distillation recipe sit on top.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
     A full disk raises :class:`~zoo.errors.DiskFullError` (path and bytes needed) and leaves the old file intact.
     """
-    remove_stale_temps(path)
-    return write_via_temp(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: str) -> None:
+        # Through a Python file object: torch.save(obj, path) writes from C++ and reports ENOSPC as a
+        # RuntimeError, while the file object's write raises the OSError that becomes a DiskFullError.
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    remove_stale_temps(path)  # a write killed mid-way left a temp file up to the checkpoint's size
+    return write_via_temp(path, write)
 
 
 TRUST_HINT = "pass it only if you trust it, with --trust-checkpoint (or trust=True in Python)"
@@ -44,7 +53,8 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False, map_location: 
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust)
     except pickle.UnpicklingError as err:
-        if not trust and "weights_only" in str(err).lower().replace(" ", "_"):
+        # only a well-formed torch file (a zip archive) can hold a payload that weights-only loading refuses
+        if not trust and zipfile.is_zipfile(path) and "weights_only" in str(err).lower().replace(" ", "_"):
             raise BadFileError(f"refused: {path} is not a plain weights file (it holds pickled Python objects "
                                f"that weights-only loading does not run); {trust_hint}") from None
         raise BadFileError(f"{path} is not a readable torch checkpoint (truncated or corrupt: "

@@ -196,7 +196,7 @@ def load_run(run: str | os.PathLike, device: str | torch.device = "cpu", build_t
     recipe = _recipe(state, paths)
     if backbone is None:
         resolution = as_hw(record.resolution) if record.resolution else as_hw(recipe.resolution)
-        backbone = _rebuild_backbone(record, resolution)
+        backbone = _rebuild_backbone(record, resolution, paths)
     _load_state(backbone, state["backbone"], "backbone", paths.checkpoint)
     heads = _build_heads(backbone, record)
     _load_state(heads, state["heads"], "heads", paths.checkpoint)
@@ -231,11 +231,14 @@ def _build_heads(backbone: Backbone, record: RunRecord) -> nn.Module:
     return AdaptorHeads(backbone.summary_dim, backbone.feature_dim, dims)
 
 
-def _rebuild_backbone(record: RunRecord, resolution: tuple[int, int]) -> Backbone:
+def _rebuild_backbone(record: RunRecord, resolution: tuple[int, int], paths: RunPaths) -> Backbone:
+    """The run's student, untrained: from its copied backbone file when it trained one, else by registry name."""
     from zoo.errors import UnknownNameError
     from zoo.registry import create_backbone
 
     try:
+        if paths.backbone_file.is_file():
+            return create_backbone(str(paths.backbone_file), resolution)
         return create_backbone(str(record.backbone), resolution)
     except UnknownNameError:
         raise ZooError(f"the run's backbone '{record.backbone}' is not in the registry; rebuild it yourself and pass "

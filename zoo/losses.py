@@ -296,8 +296,9 @@ class LossBalancer(nn.Module):
 
     def forward(
         self, losses: Mapping[str, torch.Tensor], summary: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(total loss, {term: weight used})``."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total loss, {term: weight used})``; the weights are detached 0-d tensors (read them when logging:
+        converting here would synchronise an accelerator on every step)."""
         if not losses:
             raise ValueError("no loss terms to balance")
         idx = self._indices(losses)
@@ -323,7 +324,7 @@ class LossBalancer(nn.Module):
                 self._update_ema(values.detach(), idx)
             weights = 1.0 / self.expected_losses()[idx].clamp_min(1e-12)
             total = (weights * values).sum()
-        return total, dict(zip(losses.keys(), weights.detach().tolist()))
+        return total, dict(zip(losses.keys(), weights.detach().unbind()))
 
     @torch.no_grad()
     def _update_ema(self, values: torch.Tensor, idx: list[int]) -> None:

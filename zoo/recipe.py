@@ -406,6 +406,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             value = float(value)
         except ValueError:
             pass
+    if tp is str and value is False and path.endswith(".amp"):  # YAML 1.1 reads an unquoted `off` as false
+        value = "off"
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"recipe key '{path}' expects {_type_name(tp)}, got {_short(value)}")
     if tp is float:

@@ -79,7 +79,7 @@ def run_seg(run_dir: Path | None, teacher_spec: str | None, data_path: Path, fmt
     import shutil
 
     from zoo.devices import inference_autocast, resolve_device
-    from zoo.evaluations.seg import SegProbe, metric_names, nearest_valid_crop, resolve_settings
+    from zoo.evaluations.seg import SegProbe, metric_names, resolve_settings
     from zoo.evaluations.seg_data import load_seg_dataset
     from zoo.progress import progress_bar
 

@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
 
-from zoo.atomic import atomic_write_text, remove_stale_temps, write_via_temp
+from zoo.atomic import atomic_write_text
 from zoo.runs import RunPaths
-
-
-def write_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """``torch.save`` atomically; a full disk is one line naming the path and bytes, the old file intact.
-
-    Saved through a Python file object: ``torch.save(obj, path)`` writes from C++ and reports ENOSPC as a
-    RuntimeError, while a file object's ``write`` raises the OSError that :func:`write_via_temp` turns
-    into a :class:`~zoo.errors.DiskFullError`.
-    """
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    remove_stale_temps(path)  # a write killed mid-way left a temp file up to the checkpoint's size
-    write_via_temp(path, write)
 
 
 def remove_killed_writes(paths: RunPaths) -> list[Path]:

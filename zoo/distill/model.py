@@ -19,7 +19,7 @@ class StepLosses(NamedTuple):
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
-    weights: dict[str, float]
+    weights: dict[str, torch.Tensor]  # detached, read at the logging cadence
     fd_term: torch.Tensor | None  # the FD teacher's feature loss, unweighted (γ = 1), detached
     fd_prediction: torch.Tensor | None  # the FD teacher's predicted features, detached (for PHI-S runs)
 

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from zoo.backbone import Backbone
-from zoo.checkpoints import load_checkpoint
+from zoo.checkpoints import atomic_torch_save, load_checkpoint
 from zoo.data import CropDataset, default_workers, load_images, shared_resolution, student_view, train_loader
 from zoo.distill.evaluation import HeldOut, RecentMean, measure_backbone
-from zoo.distill.folder import append_metrics, finite_or_none, remove_killed_writes, trim_metrics, write_checkpoint
+from zoo.distill.folder import append_metrics, finite_or_none, remove_killed_writes, trim_metrics
 from zoo.distill.guard import DivergenceGuard
 from zoo.distill.model import (DistillModel, StepLosses, amp_dtype, apply_optim_settings, autocast_factory,
                                build_optimizer, build_scheduler, fd_teacher_name, rng_state, seed_step, set_rng_state)
@@ -391,7 +391,7 @@ class TrainingRun:
         rate = self.window_images / max(now - self.window_start, 1e-9)
         self.window_start, self.window_images = now, 0
         line = {"step": self.step, "lr": lr, "loss": values, "total": values["total"], "img_per_s": rate,
-                "grad_norm": None if grad_norm is None else float(grad_norm), "weights": losses.weights,
+                "grad_norm": None if grad_norm is None else float(grad_norm), "weights": {k: float(v) for k, v in losses.weights.items()},
                 "time": self.elapsed_before + now - self.start_time}
         if self.ctx.is_main:
             append_metrics(self.paths.metrics, line)
@@ -416,7 +416,7 @@ class TrainingRun:
         if self.guard.check(self.ctx, self.step, self.model.parameters()):
             return False
         if self.ctx.is_main:
-            write_checkpoint(self._checkpoint_state(), self.paths.checkpoint)
+            atomic_torch_save(self._checkpoint_state(), self.paths.checkpoint)
         self.last_checkpoint_step = self.step
         return True
 
