@@ -376,3 +376,36 @@ def test_draft_decoding_shows_the_same_region(tmp_path):
     assert (drafted - full).abs().mean() < 0.01 and (drafted - full).abs().max() < 0.06
     small = load_crop(path, lambda w, h: (0, 0, 200, 150), (64, 64))  # a small box: no draft, same as before
     assert small.shape == (3, 64, 64)
+
+
+# --------------------------------------------------------------------------- the teacher cache over shards
+
+
+def test_cache_build_and_replay_over_shards(tmp_path):
+    """`zoo cache build` reads the same shards: its stored views are the crops training shows, and verify agrees."""
+    from zoo.cache import CachedCropDataset, TeacherCache, build_cache, verify_cache
+    from zoo.data import shared_resolution
+    from zoo.teachers import build_teachers
+
+    from tests.test_distill import tiny_recipe
+
+    write_shards(tmp_path / "shards", shards=3, per_shard=3)
+    recipe = tiny_recipe(tmp_path, "data.source=webdataset", f"data.path={tmp_path / 'shards' / '{00000..00002}.tar'}",
+                         "data.shuffle_buffer=2", "train.batch_size=2", "augment.views=2")
+    teachers = build_teachers(recipe.teachers)
+    out = tmp_path / "cache"
+    build_cache(recipe, out, teachers=teachers, device="cpu", shard_size=8, batch_size=4, progress=False)
+    images = load_recipe_images(recipe)
+    cache = TeacherCache(out, checksums=True)
+    assert cache.table.names == images.train_names() and all(".tar:sample" in n for n in cache.table.names)
+    assert cache.rows == 2 * len(images.train) == 14
+    shared = shared_resolution(recipe.resolution, *[t.resolution for t in teachers])
+    online = CropDataset(images.train, shared, recipe.train.seed, 2, recipe.augment.scale, recipe.augment.ratio,
+                         recipe.augment.hflip)
+    replay = CachedCropDataset(online, cache)
+    for step in range(7):  # two epochs of 7 images: every stored view once
+        for slot in range(2):
+            crop, row = replay[(step, slot)]
+            assert torch.equal(crop, online[(step, slot)])
+    report = verify_cache(out, teachers=teachers, device="cpu", samples=3)
+    assert report.ok and len(report.samples) == 3 and report.teachers
