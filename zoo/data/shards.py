@@ -260,7 +260,7 @@ def index_shard(path: Path) -> _ShardIndex:
                 members.setdefault(ext, (info.offset_data, info.size))
     except (tarfile.TarError, OSError) as err:
         if not out.keys and not out.skipped:
-            out.skipped.append(f"{path.name} (not a tar file: {err.__class__.__name__})")
+            out.skipped.append(f"(not a tar file: {err.__class__.__name__})")
     close_sample()
     return out
 
