@@ -409,3 +409,17 @@ def test_cache_build_and_replay_over_shards(tmp_path):
             assert torch.equal(crop, online[(step, slot)])
     report = verify_cache(out, teachers=teachers, device="cpu", samples=3)
     assert report.ok and len(report.samples) == 3 and report.teachers
+
+
+def test_labelled_shards_for_classification(tmp_path):
+    """`zoo eval knn/zeroshot --data` on shards: the samples and their cls labels (see the README for the hook)."""
+    from zoo.data import labelled_shards
+
+    write_shards(tmp_path / "val", shards=2, per_shard=4, labels=3)
+    items, labels = labelled_shards(str(tmp_path / "val" / "{00000..00001}.tar"))
+    assert labels.tolist() == [i % 3 for i in range(8)] and len(items) == 8
+    assert load_crop(items[3], lambda w, h: (0, 0, w, h), (8, 8)).shape == (3, 8, 8)
+    with wds.TarWriter(str(tmp_path / "unlabelled.tar")) as writer:
+        writer.write({"__key__": "x", "jpg": jpeg_bytes(np.random.default_rng(0))})
+    with pytest.raises(ZooError, match="1 of 1 samples .* have no cls member"):
+        labelled_shards(str(tmp_path / "unlabelled.tar"))

@@ -22,7 +22,7 @@ from zoo.data.crops import (center_crop_box, image_size, load_crop, open_image, 
 from zoo.data.listing import BadLog, Catalog, ImageList, list_folder, user_cache_dir
 from zoo.data.loader import (CropDataset, PermutationOrder, StepBatchSampler, default_workers, eval_batches,
                              sample_order, shared_resolution, student_view, train_loader)
-from zoo.data.shards import ShardSample, ShardStreamOrder, expand_braces, load_shards
+from zoo.data.shards import ShardSample, ShardStreamOrder, expand_braces, labelled_shards, load_shards
 from zoo.data.sources import (BUNDLED_IMAGES, DATA_SOURCES, DEFAULT_SHUFFLE_BUFFER, EVAL_SOURCES, IMAGE_EXTENSIONS,
                               RECORD_FIRST, REPORT_FIRST, DataWarning, ImageSet, bundled_images, check_source,
                               folder_images, holdout_split, list_file_images, load_images, resolve_source,
@@ -50,7 +50,7 @@ __all__ = [
     "EVAL_SOURCES", "IMAGE_EXTENSIONS", "ImageList", "ImageSet", "PermutationOrder", "RECORD_FIRST", "REPORT_FIRST",
     "ShardSample", "ShardStreamOrder", "StepBatchSampler", "bundled_images", "center_crop_box", "check_source",
     "default_workers", "eval_batches", "expand_braces", "folder_images", "holdout_split", "image_size",
-    "list_file_images", "list_folder", "load_crop", "load_images", "load_recipe_images", "load_shards",
+    "labelled_shards", "list_file_images", "list_folder", "load_crop", "load_images", "load_recipe_images", "load_shards",
     "open_image", "random_crop_box", "readable", "resolve_source", "sample_order", "sample_rng", "set_draft",
     "shared_resolution", "student_view", "train_loader", "unique_by_resolved_path", "user_cache_dir", "walk_images",
 ]

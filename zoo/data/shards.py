@@ -478,3 +478,18 @@ class ShardStreamOrder:
         """Every sample of ``epoch`` in the order shown (one pass: for the teacher cache's schedule)."""
         stream = np.argsort(self._keys(epoch, 0, self.n), kind="stable") if self.buffer else np.arange(self.n)
         return self.stream_to_sample(epoch, stream)
+
+
+def labelled_shards(path: str) -> tuple[list[ShardSample], np.ndarray]:
+    """The samples of a labelled shard set and their integer ``cls`` labels (``zoo eval``'s ``--data``).
+
+    Samples whose image member is cut off or missing are left out (as in training); a sample without a
+    ``cls`` member is a one-line :class:`ZooError` naming it.
+    """
+    catalog = load_shards(path)
+    items = [catalog.item(i) for i in range(len(catalog))]
+    missing = [item.label for item in items if item.cls_offset < 0]
+    if missing:
+        raise ZooError(f"{len(missing)} of {len(items)} samples in {path} have no cls member (first: {missing[0]}); "
+                       "classification needs a labelled shard set (<key>.cls holding the class index)")
+    return items, np.array([item.cls() for item in items], dtype=np.int64)
