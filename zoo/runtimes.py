@@ -194,8 +194,10 @@ def export_for_runtime(model: nn.Module, options: RuntimeOptions, folder: Path, 
     from zoo.export.verify import DEFAULT_TOLERANCE
 
     require_onnx()
-    reference = _Flat(model).eval()
-    deploy_model = copy.deepcopy(model).eval()
+    # CPU copies: the export and its check run on the CPU whatever device the model was moved to
+    reference_model = copy.deepcopy(model).cpu().float().eval()
+    reference = _Flat(reference_model).eval()
+    deploy_model = copy.deepcopy(reference_model)
     if getattr(deploy_model, "supports_fuse", False):
         deploy_model = deploy_model.fuse() or deploy_model
     deploy = _Flat(deploy_model).eval()
@@ -360,7 +362,7 @@ class TensorRTRuntime(Runtime):
         folder = tempfile.TemporaryDirectory(prefix="zoo-trt-")
         try:
             cpu_options = RuntimeOptions(torch.device("cpu"), "fp32", resolution=options.resolution)
-            path, info = export_for_runtime(model.cpu(), cpu_options, Path(folder.name))
+            path, info = export_for_runtime(model, cpu_options, Path(folder.name))
             logger = trt.Logger(trt.Logger.WARNING)
             builder = trt.Builder(logger)
             network = builder.create_network(0)
