@@ -53,14 +53,14 @@ def export_study_trial(study: Any, target: str, trial_number: int | None = None,
     from optuna.trial import TrialState
 
     from zoo.search.space import Candidate, make_space
-    from zoo.search.study import study_space, trial_record
+    from zoo.search.study import LEGACY_SPACE, study_space, trial_record
 
     trial = pick_trial(study, trial_number)
     if trial.state != TrialState.COMPLETE:
         raise ConfigError(f"trial {trial.number} is {trial.state.name.lower()}: only complete trials can be exported")
     record = trial_record(trial)
     search = record.get("search") or {}
-    space = study_space(study) or make_space(search.get("space", "eradio"))
+    space = study_space(study) or make_space(search.get("space", LEGACY_SPACE))
     name, path = export_path(target)
     candidate = Candidate(family=space.family, config=record["backbone_config"], resolution=record["resolution"][0])
     source = {"storage": storage_url, "study": study.study_name, "trial": trial.number, "fd_loss": record["fd_loss"],

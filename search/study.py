@@ -53,10 +53,11 @@ from typing import Any, Callable, Sequence
 
 from zoo.errors import ConfigError, UnknownNameError, ZooError, unknown_name
 from zoo.search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective, TrialDiverged
-from zoo.search.space import Candidate, SearchSpace
+from zoo.search.space import DEFAULT_SPACE, Candidate, SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///runs/search.db"
-DEFAULT_STUDY = "eradio-search"  # the default space's; another space's is "<space>-search"
+DEFAULT_STUDY = f"{DEFAULT_SPACE}-search"  # a study's default name is "<space>-search"
+LEGACY_SPACE = "eradio"  # studies and records written before spaces were plug-ins searched E-RADIO
 LEASE_ATTR = "zoo_lease"
 SQLITE_TIMEOUT_S = 60  # seconds a writer waits for SQLite's lock ("database is locked" otherwise)
 HEARTBEAT_INTERVAL_S = 30
@@ -83,7 +84,7 @@ def journal_path(url: str) -> Path | None:
 
 
 def default_study(space_name: str) -> str:
-    return DEFAULT_STUDY if space_name == "eradio" else f"{space_name}-search"
+    return f"{space_name}-search"
 
 
 def _lease_storage_class() -> type:
@@ -282,7 +283,7 @@ def make_pruner(objective: str, n_startup_trials: int = 3) -> Any:
 
 def _same_space(stored: dict[str, Any], described: dict[str, Any]) -> bool:
     """Studies created before spaces were plug-ins stored the E-RADIO description without its name."""
-    if "space" not in stored and described.get("space") == "eradio":
+    if "space" not in stored and described.get("space") == LEGACY_SPACE:
         described = {k: v for k, v in described.items() if k not in ("space", "family")}
     return stored == described
 
@@ -571,7 +572,7 @@ def study_space(study: Any) -> SearchSpace | None:
     stored = study.user_attrs.get(SPACE_ATTR)
     if not isinstance(stored, dict):
         return None
-    return make_space(stored.get("space", "eradio"), tuple(stored.get("resolutions") or ()) or None)
+    return make_space(stored.get("space", LEGACY_SPACE), tuple(stored.get("resolutions") or ()) or None)
 
 
 def trial_candidate(space: SearchSpace, trial: Any) -> Candidate:

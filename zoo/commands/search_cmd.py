@@ -17,9 +17,10 @@ import click
 from zoo.commands.options import RESOLUTIONS, device_option, teacher_option
 from zoo.errors import ConfigError
 
-SAMPLER_CHOICES = ("nsga2", "tpe", "random")
-DEFAULT_STORAGE = "sqlite:///runs/search.db"  # the same as zoo.search.study.DEFAULT_STORAGE (a test checks)
-DEFAULT_SPACE = "eradio"
+from zoo.search.space import DEFAULT_SPACE
+from zoo.search.study import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, SAMPLERS
+
+SAMPLER_CHOICES = SAMPLERS
 
 
 # --------------------------------------------------------------------------- settings
@@ -262,7 +263,7 @@ _storage_option = click.option(
          "disk (path.log, journal:///path/file.log).")
 _study_option = click.option("--study-name", default=None, metavar="NAME",
                              help="Study (workers of one sweep share it) [run: <space>-search; best/export: the "
-                                  "storage's only study, or eradio-search].")
+                                  f"storage's only study, or {DEFAULT_SPACE}-search].")
 _space_option = click.option("--space", default=DEFAULT_SPACE, show_default=True, metavar="NAME",
                              help="Search space (zoo search space --list): eradio, vit-cpe.")
 _resolution_option = click.option(
@@ -331,8 +332,9 @@ def search_command() -> None:
               help="Keep each proxy run's checkpoint.pt (deleted when its trial ends otherwise).")
 @click.option("--timeout", type=float, default=None, help="Stop this worker after this many seconds.")
 @click.option("--heartbeat-interval", type=int, default=None,
-              help="Heartbeat (RDB) / lease renewal (journal) of running trials, s [30].")
-@click.option("--grace-period", type=int, default=None, help="A trial silent this long is failed and retried, s [120].")
+              help=f"Heartbeat (RDB) / lease renewal (journal) of running trials, s [{HEARTBEAT_INTERVAL_S}].")
+@click.option("--grace-period", type=int, default=None,
+              help=f"A trial silent this long is failed and retried, s [{GRACE_PERIOD_S}].")
 @click.option("--quiet", is_flag=True, help="No per-trial lines.")
 def run_command(space: str, storage: str, study_name: str | None, n_trials: int, recipe: str | None,
                 overrides: tuple[str, ...], teacher_specs: tuple[str, ...], teacher_cache: str | None, out: str,
