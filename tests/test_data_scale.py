@@ -423,3 +423,42 @@ def test_labelled_shards_for_classification(tmp_path):
         writer.write({"__key__": "x", "jpg": jpeg_bytes(np.random.default_rng(0))})
     with pytest.raises(ZooError, match="1 of 1 samples .* have no cls member"):
         labelled_shards(str(tmp_path / "unlabelled.tar"))
+
+
+# --------------------------------------------------------------------------- a run over shards
+
+
+def test_distill_over_shards_resumes_to_the_same_weights(tmp_path):
+    """`zoo distill` on shards with a validation shard for the FD loss: a run stopped at step 3 and resumed
+    ends with the weights of an uninterrupted one; the record describes the data."""
+    from zoo.checkpoints import load_checkpoint
+    from zoo.distill import distill
+    from zoo.distill.trainer import DistillInterrupted
+
+    from tests.test_distill import TinyBackbone, tiny_recipe
+
+    write_shards(tmp_path / "train", shards=3, per_shard=4)
+    write_shards(tmp_path / "val", shards=1, per_shard=3, seed=7, prefix="val-")
+    recipe = tiny_recipe(tmp_path, "data.source=auto", f"data.path={tmp_path / 'train' / '{00000..00002}.tar'}",
+                         "data.shuffle_buffer=3", f"eval.path={tmp_path / 'val'}", "train.steps=5",
+                         "augment.hflip=true")
+    torch.manual_seed(0)
+    straight = distill(TinyBackbone(), recipe, out_dir=tmp_path / "runs", run_name="straight", progress=False)
+    data = straight["data"]  # RunRecord.extra is flattened into the record
+    assert data["source"] == "webdataset" and data["train_images"] == 12 and data["holdout_images"] == 2
+    assert data["holdout_source"] == str(tmp_path / "val") and straight["fd_loss"] is not None
+
+    def stop_at_3(step: int, metrics: dict) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)  # TinyBackbone takes its initial weights from the global RNG, as the first run's did
+    with pytest.raises(DistillInterrupted):
+        distill(TinyBackbone(), recipe, out_dir=tmp_path / "runs", run_name="split", progress=False, on_step=stop_at_3)
+    torch.manual_seed(123)
+    record = distill(TinyBackbone(), recipe, out_dir=tmp_path / "runs", run_name="split", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "runs" / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "runs" / "split" / "checkpoint.pt")
+    for key, value in a["backbone"].items():
+        torch.testing.assert_close(b["backbone"][key], value, atol=1e-5, rtol=1e-5, msg=key)
+    assert record["steps"] == 5 and record["fd_loss"] == pytest.approx(straight["fd_loss"], rel=1e-4)

@@ -27,7 +27,7 @@ from torch import nn
 
 from zoo.backbone import Backbone
 from zoo.checkpoints import atomic_torch_save, load_checkpoint
-from zoo.data import CropDataset, default_workers, load_images, shared_resolution, student_view, train_loader
+from zoo.data import CropDataset, default_workers, load_recipe_images, shared_resolution, student_view, train_loader
 from zoo.distill.evaluation import HeldOut, RecentMean, measure_backbone
 from zoo.distill.folder import append_metrics, finite_or_none, remove_killed_writes, trim_metrics
 from zoo.distill.guard import DivergenceGuard
@@ -140,8 +140,8 @@ class TrainingRun:
             backbone = self._saved_backbone_spec()
         else:
             backbone = r.backbone
-        self.images = load_images(recipe.data.source, recipe.data.path, recipe.eval.images, recipe.data.verify_limit,
-                                  warn=self.ctx.is_main)
+        # folders, lists, bundled images or WebDataset shards; held-out images from eval.path or the split
+        self.images = load_recipe_images(recipe, warn=self.ctx.is_main)
         torch.manual_seed(recipe.train.seed)  # a registry backbone and the heads start from the recipe's seed
         self.student: Student = build_student(backbone, recipe.resolution)
         if self.state is not None and self.state.get("backbone_name"):
@@ -442,6 +442,7 @@ class TrainingRun:
     def finish(self, status: str) -> dict[str, Any]:
         """Final evaluation and measurement of a complete run, the record, and the outcome."""
         wall = self.elapsed_before + time.perf_counter() - self.start_time
+        self._gather_skipped()
         if status == STATUS_COMPLETE and self.eval_step != self.step:
             self._evaluate()
         fd_loss_train = self.fd_window.mean(self.ctx.world_size)
@@ -458,6 +459,19 @@ class TrainingRun:
         if self.ctx.is_main:
             write_record(self.paths.root, record)
         return self._outcome(status, record.to_dict())
+
+    def _gather_skipped(self) -> None:
+        """Images found unreadable while training, on any rank, into rank 0's count (each rank has its own log)."""
+        log = getattr(self.images, "bad_log", None)
+        if log is None or not self.ctx.active:
+            return
+        import torch.distributed as dist
+
+        found: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(found, log.ids().tolist())
+        for ids in found:
+            for index in ids:
+                log.add(int(index))
 
     def _record(self, status: str, wall: float, params_m: float | None, gmacs: float | None,
                 throughput: dict | None, fd_loss_train: float | None) -> RunRecord:
