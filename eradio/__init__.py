@@ -68,7 +68,7 @@ __all__ = [
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(ERadioConfig))
 # Keywords timm.create_model always passes; E-RADIO has no use for them.
-_TIMM_PASSTHROUGH = ("pretrained_cfg", "cache_dir")
+_TIMM_PASSTHROUGH = ("cache_dir", "pretrained_model_args")  # timm.create_model's own bookkeeping
 
 
 def timm_name(variant: str) -> str:
@@ -85,6 +85,7 @@ def create_eradio(variant: str, pretrained: bool = False, num_classes: int = 100
     timm's loader (weights only).
     """
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
     for key in _TIMM_PASSTHROUGH:
         kwargs.pop(key, None)
     fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONFIG_FIELDS}
@@ -95,7 +96,7 @@ def create_eradio(variant: str, pretrained: bool = False, num_classes: int = 100
         )
     model = ERadio(variant_config(variant, **fields), num_classes=num_classes, name=timm_name(variant))
     if pretrained:
-        file = overlay.get("file")
+        file = overlay.get("file") or _local_dir_weights(pretrained_cfg)
         if not file:
             raise WeightsNotFoundError(
                 f"{timm_name(variant)}: no published weights; pass pretrained_cfg_overlay=dict(file=PATH) "
@@ -103,6 +104,24 @@ def create_eradio(variant: str, pretrained: bool = False, num_classes: int = 100
             )
         load_weights(model, _read_weights(str(file)), name=timm_name(variant))
     return model
+
+
+def _local_dir_weights(pretrained_cfg: Any) -> str | None:
+    """The weights file of a ``timm.create_model("local-dir:FOLDER", pretrained=True)`` call, if this is one."""
+    if pretrained_cfg is None:
+        return None
+    get = pretrained_cfg.get if isinstance(pretrained_cfg, dict) else lambda k: getattr(pretrained_cfg, k, None)
+    if get("source") != "local-dir" or not get("file"):
+        return None
+    import os
+
+    folder = str(get("file"))
+    if not os.path.isdir(folder):
+        return folder
+    for name in ("model.safetensors", "pytorch_model.bin"):  # timm's names for a folder's weights
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return os.path.join(folder, "model.safetensors")  # missing: the error names the file timm looks for first
 
 
 def _read_weights(path: str) -> dict[str, Any]:

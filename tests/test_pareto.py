@@ -196,6 +196,19 @@ def test_bad_records_name_the_file_and_field(tmp_path: Path, content: str, messa
     assert str(folder / "summary.json") in str(info.value)
 
 
+def test_runtimes_are_never_on_one_front(tmp_path: Path):
+    """The same backbones under eager PyTorch and onnxruntime: two groups, each with its own front."""
+    onnx = {**XEON, "runtime": "onnxruntime", "runtime_version": "1.32.0"}
+    write_bench(tmp_path / "bench.jsonl", [bench_record("a", 100.0), bench_record("b", 50.0),
+                                           bench_record("a", 160.0, env=onnx), bench_record("b", 55.0, env=onnx)])
+    records = load_records([tmp_path / "bench.jsonl"])
+    objectives = [parse_objective("throughput", records), parse_objective("params_m", records)]
+    groups = analyse(records, objectives).groups
+    assert sorted(g.envs[0].runtime for g in groups) == ["eager", "onnxruntime"]
+    assert all(len(g.rows) == 2 for g in groups)
+    assert any("onnxruntime" in g.envs[0].describe() for g in groups)
+
+
 def test_bad_jsonl_line_and_skip_invalid(tmp_path: Path):
     path = tmp_path / "bench.jsonl"
     path.write_text(json.dumps(bench_record("a", 1.0)) + "\n{oops\n" + json.dumps(bench_record("b", 2.0)) + "\n")

@@ -44,8 +44,6 @@ WEIGHTS_FILE = "model.safetensors"
 REPORT_FILE = "export.json"
 WRAPPER_PREFIX = "model."  # TimmBackbone / ERadioBackbone keep the network as ``self.model``
 LOCAL_DIR = "timm.create_model('local-dir:...')"
-ERADIO_ROUTE = ("timm.create_model('{architecture}', pretrained=True, num_classes=0, "
-                "pretrained_cfg_overlay=dict(file='<folder>/model.safetensors'), **config['model_args'])")
 ERADIO_FALLBACK_ARCH = "eradio_b"  # any E-RADIO entry point: the full config in model_args replaces its fields
 
 
@@ -160,7 +158,7 @@ def timm_config(source: ExportSource, spec: TimmSpec) -> dict[str, Any]:
     config.update({
         "num_classes": 0,
         "num_features": int(source.backbone.feature_dim),
-        "model_args": spec.model_args,
+        "model_args": {"num_classes": 0, **spec.model_args},  # the student has no classifier
         "pretrained_cfg": cfg,
         "zoo": {**source_document(source), "weights_layout": spec.layout},
     })
@@ -198,29 +196,13 @@ def create_from_folder(folder: str | Path, **kwargs: Any) -> torch.nn.Module:
 
 
 def _create(folder: Path, **kwargs: Any) -> tuple[torch.nn.Module, str]:
-    """The timm model of ``folder`` and how it was created.
-
-    E-RADIO's timm entry points do not take the arguments timm passes for a
-    ``local-dir:`` folder in this version of eradio (``pretrained_model_args``,
-    the folder as ``pretrained_cfg['file']``); then the folder's weights file
-    goes in as ``pretrained_cfg_overlay`` with the folder's ``model_args``,
-    the route eradio supports.
-    """
+    """The timm model of ``folder`` and how it was created (E-RADIO registers itself in timm on ``import eradio``)."""
     import timm
 
     config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    architecture = str(config.get("architecture", ""))
-    if not architecture.startswith("eradio"):
-        return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval(), LOCAL_DIR
-    import eradio  # noqa: F401 - registers eradio_* in timm
-
-    try:
-        return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval(), LOCAL_DIR
-    except (eradio.ERadioConfigError, eradio.WeightsNotFoundError):
-        overlay = dict(file=str((folder / WEIGHTS_FILE).resolve()))
-        args = {**config.get("model_args", {}), **kwargs}
-        model = timm.create_model(architecture, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay, **args)
-        return model.eval(), ERADIO_ROUTE.format(architecture=architecture)
+    if str(config.get("architecture", "")).startswith("eradio"):
+        import eradio  # noqa: F401 - registers eradio_* in timm
+    return timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True, **kwargs).eval(), LOCAL_DIR
 
 
 def timm_outputs(model: torch.nn.Module, source: ExportSource, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,6 +46,9 @@ METRIC_LABELS = {
     "miou_ade20k": "ADE20k mIoU",
     "miou_voc": "VOC mIoU",
     "peak_memory_mb": "peak memory (MB)",
+    "throughput.latency_p50": "latency p50 (ms, batch 1)",
+    "throughput.latency_p90": "latency p90 (ms, batch 1)",
+    "throughput.latency_p99": "latency p99 (ms, batch 1)",
 }
 # Top-level fields whose numbers are not metrics (fvcore's per-op skip counts, versions, the layout's version).
 NOT_METRICS = ("flops_skipped", "versions", "schema_version")

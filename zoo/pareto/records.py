@@ -56,11 +56,13 @@ class Env:
     # runs at another speed. ``device`` ("cpu", "cuda:0") is implied by the name.
     compile: str | None = None
     threads: int | None = None  # CPU only
+    runtime: str = "eager"  # eager PyTorch, compile, onnxruntime, tensorrt: never on one front
     device: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple:
-        return (self.device_name, self.resolution, self.dtype, self.batch_size, self.compile, self.threads)
+        return (self.device_name, self.resolution, self.dtype, self.batch_size, self.compile, self.threads,
+                self.runtime)
 
     def describe(self) -> str:
         if self.device_name is None and self.resolution is None:
@@ -74,12 +76,15 @@ class Env:
             text += f" · {self.threads} threads"
         if self.compile:
             text += f" · compile {self.compile}"
+        if self.runtime != "eager":
+            text += f" · {self.runtime}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "device_name": self.device_name,
                 "resolution": list(self.resolution) if self.resolution else None,
-                "dtype": self.dtype, "batch_size": self.batch_size, "compile": self.compile, "threads": self.threads}
+                "dtype": self.dtype, "batch_size": self.batch_size, "compile": self.compile, "threads": self.threads,
+                "runtime": self.runtime}
 
 
 UNMEASURED = Env(None, None, None, None)
@@ -182,6 +187,7 @@ def _env_of(throughput: dict[str, Any] | None) -> Env:
         batch_size=int(throughput["batch_size"]) if _is_number(throughput.get("batch_size")) else None,
         compile=None if not compile_mode else ("default" if compile_mode is True else str(compile_mode)),
         threads=int(threads) if on_cpu and _is_number(threads) else None,
+        runtime=str(throughput.get("runtime") or "eager"),
         device=str(device) if device is not None else None,
     )
 
