@@ -137,13 +137,16 @@ class EvalConfig:
 
 @dataclass
 class BenchConfig:
-    """Throughput measurement written to the run record (after training, eval mode)."""
+    """Throughput measurement written to the run record (after training, eval mode).
+
+    ``None`` means zoo bench's own default (:class:`zoo.bench.BenchSettings`, the one source of them).
+    """
 
     enabled: bool = True
-    batch_size: int | None = None  # None: the bench default for the device
-    warmup: int = 3
-    repeats: int = 5
-    steps_per_repeat: int = 5
+    batch_size: int | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    steps_per_repeat: int | None = None
 
 
 @dataclass
@@ -181,6 +184,11 @@ class Recipe:
             ("train.log_every", self.train.log_every >= 1, "must be at least 1"),
             ("train.checkpoint_every", self.train.checkpoint_every >= 1, "must be at least 1"),
             ("train.amp", self.train.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
+            ("bench.batch_size", self.bench.batch_size is None or self.bench.batch_size >= 1, "must be at least 1"),
+            ("bench.warmup", self.bench.warmup is None or self.bench.warmup >= 0, "must be at least 0"),
+            ("bench.repeats", self.bench.repeats is None or self.bench.repeats >= 1, "must be at least 1"),
+            ("bench.steps_per_repeat", self.bench.steps_per_repeat is None or self.bench.steps_per_repeat >= 1,
+             "must be at least 1"),
             ("data.source", self.data.source in DATA_SOURCES, f"must be one of {', '.join(DATA_SOURCES)}"),
             ("data.shuffle_buffer", self.data.shuffle_buffer >= 0, "must be 0 or more"),
             ("eval.source", self.eval.source in EVAL_SOURCES, f"must be one of {', '.join(EVAL_SOURCES)}"),

@@ -142,7 +142,7 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
     Examples:
       zoo pareto                                   # runs/, throughput vs FD loss
       zoo pareto runs/ --png front.png --html front.html
-      zoo pareto search-out/                       # the trials of a zoo search --out folder
+      zoo pareto search-out/                       # the trials of a zoo search run --out folder
       zoo pareto runs/ search-out/ --png both.png  # hand-picked runs beside the trials
       zoo pareto runs/ --throughput-from bench     # speeds from runs/bench.jsonl
       zoo pareto runs/ --y knn_top1                # any numeric field, direction by name

@@ -115,8 +115,8 @@ def measure_backbone(backbone: nn.Module, name: str, family: str | None, recipe:
     params_m = count_params_m(model)
     if not recipe.bench.enabled:
         return params_m, count_gmacs(model, recipe.resolution, device="cpu").gmacs, None
-    settings = BenchSettings(resolution=recipe.resolution, batch_size=recipe.bench.batch_size, device=str(device),
-                             warmup=recipe.bench.warmup, repeats=recipe.bench.repeats,
-                             steps_per_repeat=recipe.bench.steps_per_repeat, flops=True)
+    chosen = {key: getattr(recipe.bench, key) for key in ("batch_size", "warmup", "repeats", "steps_per_repeat")}
+    settings = BenchSettings(resolution=recipe.resolution, device=str(device), flops=True,
+                             **{key: value for key, value in chosen.items() if value is not None})
     result = bench_model(model, settings, name=name, family=family)
     return params_m, result.gmacs, dict(result.throughput)

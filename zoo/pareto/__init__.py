@@ -1,7 +1,7 @@
 """The speed/quality Pareto front of distillation runs, benches and search trials.
 
 Reads the records the other commands write (run folders' ``summary.json``,
-``runs/bench.jsonl``, a ``zoo search --out`` folder, Optuna studies),
+``runs/bench.jsonl``, a ``zoo search run --out`` folder, Optuna studies),
 flattens every numeric field to a dotted metric name, groups records by the
 environment their speed was measured in, and marks the non-dominated records
 of each group. Figures (PNG via matplotlib, HTML via plotly) and tables are
