@@ -6,6 +6,7 @@ reader is checked against the format as that package writes it).
 
 from __future__ import annotations
 
+import json
 import io
 import os
 import time
@@ -19,7 +20,6 @@ from PIL import Image
 
 import zoo.data.crops as crops
 import zoo.data.listing as listing
-import zoo.data.sources as sources
 from zoo.data import (CropDataset, DataWarning, ImageList, ShardSample, ShardStreamOrder, expand_braces,
                       image_size, load_crop, load_images, load_recipe_images, load_shards, train_loader)
 from zoo.errors import ConfigError, ZooError
@@ -423,6 +423,23 @@ def test_labelled_shards_for_classification(tmp_path):
         writer.write({"__key__": "x", "jpg": jpeg_bytes(np.random.default_rng(0))})
     with pytest.raises(ZooError, match="1 of 1 samples .* have no cls member"):
         labelled_shards(str(tmp_path / "unlabelled.tar"))
+
+
+def test_zoo_eval_knn_reads_labelled_shards(tmp_path):
+    """The same shard source works for `zoo eval`: classes from `cls`, a stratified split, a teacher scored."""
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    write_shards(tmp_path / "val", shards=2, per_shard=9, labels=3)
+    result = CliRunner().invoke(cli, ["eval", "knn", "--teacher", "clip:tiny", "--data",
+                                      str(tmp_path / "val" / "{00000..00001}.tar"), "--device", "cpu", "-k", "3",
+                                      "--json", str(tmp_path / "knn.json")])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((tmp_path / "knn.json").read_text())
+    scored = scored[0] if isinstance(scored, list) else scored
+    assert scored["classes"] == 3 and scored["train_images"] + scored["val_images"] == 18
+    assert 0.0 <= scored["top1"] <= 1.0
 
 
 # --------------------------------------------------------------------------- a run over shards

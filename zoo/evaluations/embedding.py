@@ -36,11 +36,11 @@ class ImageView(Protocol):
     def describe(self) -> str: ...
 
 
-def _open_rgb(path: Path):
-    from PIL import Image
+def _open_rgb(path: Any):
+    from zoo.data import open_image  # a file or a WebDataset shard member
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.convert("RGB")
     except OSError as err:
         raise ZooError(f"cannot read image {path}: {err}") from None
@@ -60,7 +60,8 @@ class StudentView:
         from zoo.data import center_crop_box, load_crop
 
         try:
-            return load_crop(Path(item), lambda w, h: center_crop_box(w, h, self.size_hw), tuple(self.size_hw))
+            item = Path(item) if isinstance(item, str) else item  # a path or a shard sample
+            return load_crop(item, lambda w, h: center_crop_box(w, h, self.size_hw), tuple(self.size_hw))
         except OSError as err:
             raise ZooError(f"cannot read image {item}: {err}") from None
 
@@ -89,7 +90,7 @@ class TeacherView:
         if isinstance(item, np.ndarray):  # a grey array: resampled as a float tensor, no 8-bit rounding
             grey = torch.from_numpy(np.ascontiguousarray(item, dtype=np.float32))
             return apply_eval_transform(self.transform, grey.expand(3, -1, -1).contiguous()).clamp_(0.0, 1.0)
-        return apply_eval_transform(self.transform, _open_rgb(Path(item)))
+        return apply_eval_transform(self.transform, _open_rgb(Path(item) if isinstance(item, str) else item))
 
     def describe(self) -> str:
         t = self.transform

@@ -1,9 +1,11 @@
 """Labelled image sets for classification evaluations (k-NN, zero-shot).
 
-A set is ``sklearn:digits`` (ships with scikit-learn, no download) or a folder
+A set is ``sklearn:digits`` (ships with scikit-learn, no download), a folder
 with one sub-folder per class, optionally already split into ``train/`` and
-``val/``; otherwise a stratified, seeded split is made. Items are image paths,
-or 2-D grey arrays in [0, 1] for the built-in set.
+``val/``, or labelled WebDataset shards (``/data/val-{00..07}.tar``: samples
+with a ``cls`` member); otherwise a stratified, seeded split is made. Items are
+image paths, shard samples (:class:`zoo.data.ShardSample`), or 2-D grey arrays
+in [0, 1] for the built-in set.
 """
 
 from __future__ import annotations
@@ -119,10 +121,31 @@ def load_labelled(data: str | Path, val_fraction: float = VAL_FRACTION, seed: in
             raise unknown_name("built-in data set", text, [DIGITS_SOURCE])
         labelled = load_digits_data(val_fraction, seed)
     else:
-        labelled = _load_folder(Path(text).expanduser(), val_fraction, seed)
+        from zoo.data.shards import looks_like_shards
+
+        if looks_like_shards(text):
+            labelled = _load_shards(text, val_fraction, seed)
+        else:
+            labelled = _load_folder(Path(text).expanduser(), val_fraction, seed)
     labelled.train = _subsample(labelled.train, per_class, seed)
     labelled.val = _subsample(labelled.val, per_class, seed)
     return labelled
+
+
+def _load_shards(spec: str, val_fraction: float, seed: int) -> LabelledData:
+    """Labelled shards: classes are the ``cls`` values (as text), split stratified and seeded."""
+    from zoo.data import labelled_shards
+
+    items, values = labelled_shards(spec)
+    found = sorted(set(values.tolist()))
+    if len(found) < 2:
+        raise ZooError(f"only one class ({found[0] if found else 'none'}) in {spec}; classification needs two or more")
+    position = {value: i for i, value in enumerate(found)}
+    labels = np.array([position[v] for v in values.tolist()], dtype=np.int64)
+    train, val = stratified_split(labels, val_fraction, seed)
+    classes = [str(v) for v in found]
+    return LabelledData(spec, classes, Split([items[i] for i in train], labels[train]),
+                        Split([items[i] for i in val], labels[val]), "random", list(classes))
 
 
 def _load_folder(root: Path, val_fraction: float, seed: int) -> LabelledData:
