@@ -6,8 +6,8 @@ reader is checked against the format as that package writes it).
 
 from __future__ import annotations
 
-import json
 import io
+import json
 import os
 import time
 import warnings
