@@ -28,6 +28,11 @@ would cost as much as the comparison itself.
     python benchmarks/search_efficiency.py                     # 40 trials x 3 seeds, 224 px
     python benchmarks/search_efficiency.py --objective real --resolution 64 --trials 6 --seeds 2 --limit dim=32,48,64
     python benchmarks/search_efficiency.py --trials 60 --seeds 5 --samplers nsga2,tpe,random
+
+Multi-fidelity rungs with predicted throughput against random sampling with
+full-length proxies, at equal cost (in proxy steps): ``--fidelity 10,30,90``
+runs ``benchmarks/search_fidelity.py`` (its options pass through, e.g.
+``--promotion hypervolume --prediction-error 0.1 --budget-trials 40``).
 """
 
 from __future__ import annotations
@@ -125,7 +130,28 @@ def run(sampler_name: str, seed: int, trials: int, objective) -> list[tuple[floa
     return [tuple(t.values) for t in study.trials if t.values is not None]
 
 
+def main_fidelity(argv: list[str]) -> None:
+    """``--fidelity RUNGS``: the multi-fidelity comparison of ``search_fidelity.py`` beside this file."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).with_name("search_fidelity.py")
+    spec = importlib.util.spec_from_file_location("search_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.argv = [str(path), *argv]
+    module.main()
+
+
 def main() -> None:
+    import sys
+
+    if any(a == "--fidelity" or a.startswith("--fidelity=") for a in sys.argv[1:]):
+        renamed = {"--fidelity": "--rungs", "--trials": "--budget-trials"}  # this script's names for them
+        argv = [next((a.replace(old, new, 1) for old, new in renamed.items() if a.startswith(old)), a)
+                for a in sys.argv[1:]]
+        return main_fidelity(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)

@@ -46,11 +46,12 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from zoo.errors import ConfigError, DivergedError
 from zoo.runs import STATUS_COMPLETE, STATUS_DIVERGED, RunPaths, RunRecord, SearchInfo, read_record, write_record
-from zoo.search.objective import (FD_LOSS, PROXY, SURROGATE, ObjectiveSettings, SearchObjective, TrialDiverged,
+from zoo.search.objective import (FD_LOSS, PROXY, ObjectiveSettings, SearchObjective, TrialDiverged,
                                   constraint_values)
 from zoo.search.space import Candidate, SearchSpace
 
@@ -330,8 +331,9 @@ class MultiFidelityObjective(SearchObjective):
     Args:
         space, settings, study_name, duplicate_check: as :class:`SearchObjective`.
         fidelity: the rung schedule.
-        latency_table: a :class:`zoo.search.latency.LatencyTable`: throughput is *predicted* from it
-            (no measurement per candidate); None measures each candidate with :mod:`zoo.bench`.
+        latency_table: a :class:`zoo.search.latency.LatencyTable`, or ``{resolution: table}`` when the
+            resolution is searched: throughput is *predicted* from it (no measurement per candidate);
+            None measures each candidate with :mod:`zoo.bench`.
         fit_models: full models measured end to end to fit the table's overhead (when it has no fit yet).
     """
 
@@ -341,6 +343,12 @@ class MultiFidelityObjective(SearchObjective):
         super().__init__(space, settings, study_name, duplicate_check)
         self.fidelity = fidelity or Fidelity()
         self.latency_table = latency_table
+        self.tables: dict[int, Any] = ({} if latency_table is None else dict(latency_table)
+                                       if isinstance(latency_table, Mapping)
+                                       else {latency_table.settings.resolution: latency_table})
+        missing = [r for r in space.resolutions if self.tables and r not in self.tables]
+        if missing:
+            raise ConfigError(f"no latency table for resolution {missing[0]} (one table per searched resolution)")
         if latency_table is not None and space.family != "eradio":
             raise ConfigError(f"predicted throughput needs the eradio space (the latency table times E-RADIO "
                               f"stages); the {space.name} space is measured: drop --throughput predicted")
@@ -353,12 +361,18 @@ class MultiFidelityObjective(SearchObjective):
         super().prepare()
         if self.latency_table is None:
             return
-        def configs() -> list[Any]:
-            rng = random.Random(0)
-            return [self.space.params_to_candidate(self.space.random_params(rng)).config
-                    for _ in range(self.fit_models)]
+        for resolution, table in self.tables.items():
+            def configs(resolution: int = resolution) -> list[Any]:
+                rng, found = random.Random(0), []
+                for _ in range(200 * self.fit_models):
+                    candidate = self.space.params_to_candidate(self.space.random_params(rng))
+                    if candidate.resolution == resolution:
+                        found.append(candidate.config)
+                    if len(found) == self.fit_models:
+                        break
+                return found
 
-        self.latency_table.ensure_fit(configs)
+            table.ensure_fit(configs)
 
     # ------------------------------------------------------------------ recipes
 
@@ -384,13 +398,14 @@ class MultiFidelityObjective(SearchObjective):
 
     def speed(self, candidate: Candidate, name: str) -> Speed:
         """Predicted (latency table) or measured (:mod:`zoo.bench`) throughput, and the parameter count."""
-        if self.latency_table is None:
+        if not self.tables:
             bench = self.measure(candidate, name)
             return Speed(bench.throughput, bench.params_m, bench.gmacs, "measured")
         from zoo.search.latency import predicted_throughput_record
 
-        return Speed(predicted_throughput_record(self.latency_table, candidate.config), count_params_m(candidate),
-                     None, "predicted")
+        table = self.tables[candidate.resolution]
+        return Speed(predicted_throughput_record(table, candidate.config), count_params_m(candidate), None,
+                     "predicted")
 
     # ------------------------------------------------------------------ one rung
 
@@ -426,15 +441,7 @@ class MultiFidelityObjective(SearchObjective):
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
-        candidate = self.space.sample(trial)
-        self.current = (trial.number, dict(trial.params))
-        trial.set_user_attr("candidate", candidate.to_dict())
-        trial.set_user_attr("key", candidate.key())
-        if self.duplicate_check is not None:
-            reason = self.duplicate_check(trial, candidate)
-            if reason:
-                trial.set_user_attr("skipped", reason)
-                raise optuna.TrialPruned(reason)
+        candidate = self.start_trial(trial)
         name = f"{candidate.family}-search-{candidate.key()}"
         start = time.perf_counter()
         speed = self.speed(candidate, name)
@@ -573,7 +580,7 @@ def remeasure_front(study: Any, space: SearchSpace, settings: ObjectiveSettings,
         predicted = float(search.get("predicted_throughput") or record["throughput"]["median"])
         stored[str(trial.number)] = {"throughput": block, "predicted_throughput": predicted}
         run_dir = record.get("run_dir")
-        if run_dir and (RunPaths(run_dir).summary.is_file()):
+        if run_dir and RunPaths(Path(run_dir)).summary.is_file():
             data = read_record(run_dir)
             data.throughput = block
             data.search.extra.update(measured_throughput=float(block["median"]), predicted_throughput=predicted)

@@ -365,10 +365,12 @@ class Fit:
     models: list[dict[str, Any]] = field(default_factory=list)  # {"key", "sum_ms", "measured_ms"}
 
     def predict(self, stage_sum_ms: float) -> float:
-        return max(1e-6, self.scale * stage_sum_ms + self.overhead_ms)
+        # A negative overhead fitted on larger models must not drive a small one's latency to zero.
+        return max(0.1 * stage_sum_ms, self.scale * stage_sum_ms + self.overhead_ms, 1e-6)
 
 
-def least_squares(sums: Sequence[float], measured: Sequence[float], min_models_for_scale: int = 5) -> tuple[float, float]:
+def least_squares(sums: Sequence[float], measured: Sequence[float],
+                  min_models_for_scale: int = 5) -> tuple[float, float]:
     """``(scale, overhead)`` of ``latency = scale x stage_sum + overhead``.
 
     With fewer than ``min_models_for_scale`` models only the overhead is fitted (scale 1), as the median

@@ -72,6 +72,9 @@ class ObjectiveSettings:
         objective: ``multi`` (throughput, FD loss) or ``fd_loss`` (single objective, prunable).
         max_params_m: constraint: at most this many million parameters.
         min_throughput: constraint: at least this many img/s.
+        max_memory_gb: memory cap per candidate: a candidate whose training needs more
+            (:func:`zoo.search.cost.train_memory_bytes`, on the meta device: nothing is built) is skipped
+            before anything runs (``user_attrs["skipped"]``, not counted); None: no cap.
         bench: :class:`zoo.bench.BenchSettings` fields that differ from its defaults (``batch_size``,
             ``repeats``, ...); resolution, device and FLOP counting are the trial's.
         dry_run: FD loss from the space's surrogate instead of a distillation.
@@ -87,6 +90,7 @@ class ObjectiveSettings:
     objective: str = MULTI
     max_params_m: float | None = None
     min_throughput: float | None = None
+    max_memory_gb: float | None = None
     bench: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     keep_checkpoints: bool = False
@@ -96,7 +100,7 @@ class ObjectiveSettings:
         self.out_dir = Path(self.out_dir)
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {self.objective!r}; choose {', '.join(OBJECTIVES)}")
-        for name in ("max_params_m", "min_throughput"):
+        for name in ("max_params_m", "min_throughput", "max_memory_gb"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
@@ -225,20 +229,45 @@ class SearchObjective:
                        progress=self.settings.progress, teachers=self.teachers(self.recipe(candidate.resolution)),
                        on_eval=on_eval)
 
-    # ------------------------------------------------------------------ the trial
+    def train_batch_size(self, resolution: int) -> int:
+        """Images per training step of the proxy run (the bench batch for dry runs: nothing trains)."""
+        recipe = self.recipe(resolution)
+        if recipe is not None:
+            return int(recipe.train.batch_size)
+        return int(self.settings.bench_settings(resolution).batch_size)
 
-    def __call__(self, trial: Any) -> float | tuple[float, float]:
+    def memory_check(self, candidate: Candidate) -> str | None:
+        """A reason to skip a candidate over the memory cap, or None (no cap, or under it)."""
+        if self.settings.max_memory_gb is None:
+            return None
+        from zoo.search.cost import human_bytes, train_memory_bytes
+
+        needed = train_memory_bytes(candidate, self.train_batch_size(candidate.resolution))
+        if needed > self.settings.max_memory_gb * 1e9:
+            return (f"over the memory cap: training needs ~{human_bytes(needed)} at batch "
+                    f"{self.train_batch_size(candidate.resolution)}, cap {self.settings.max_memory_gb:g} GB")
+        return None
+
+    def start_trial(self, trial: Any) -> Candidate:
+        """Sample the trial's candidate and record it; skip it (PRUNED, ``skipped``) when it is a duplicate,
+        over the budget, or over the memory cap."""
         import optuna
 
         candidate = self.space.sample(trial)
         self.current = (trial.number, dict(trial.params))
         trial.set_user_attr("candidate", candidate.to_dict())
         trial.set_user_attr("key", candidate.key())
-        if self.duplicate_check is not None:
-            reason = self.duplicate_check(trial, candidate)
-            if reason:
-                trial.set_user_attr("skipped", reason)
-                raise optuna.TrialPruned(reason)
+        reason = self.duplicate_check(trial, candidate) if self.duplicate_check is not None else None
+        reason = reason or self.memory_check(candidate)
+        if reason:
+            trial.set_user_attr("skipped", reason)
+            raise optuna.TrialPruned(reason)
+        return candidate
+
+    # ------------------------------------------------------------------ the trial
+
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        candidate = self.start_trial(trial)
         name = f"{candidate.family}-search-{candidate.key()}"
         start = time.perf_counter()
         bench = self.measure(candidate, name)

@@ -37,15 +37,32 @@ class SweepPreview:
     keep_checkpoints: bool
     dry_run: bool
     seconds_per_trial: float | None
+    memory_bytes: tuple[float, float] | None = None  # min, max training memory of the sampled candidates
+    memory_cap_gb: float | None = None
+    over_cap: int = 0  # sampled candidates over the cap
+    fidelity: Any = None  # zoo.search.fidelity.Fidelity
+    steps_per_trial: float | None = None  # proxy steps of an average trial
+    step_seconds: float | None = None  # one proxy step of a median candidate (the student), measured now
 
     def line(self) -> str:
         low, mid, high = self.params_m
         parts = [f"sweep: {self.remaining} of {self.n_trials} trials to run; {self.space} candidates "
                  f"{low:.2f}-{high:.2f}M params (median {mid:.2f}M, {PREVIEW_SAMPLES} sampled)"]
+        if self.memory_bytes is not None:
+            text = f"training memory ~{_human(self.memory_bytes[0])}-{_human(self.memory_bytes[1])} each"
+            if self.memory_cap_gb is not None:
+                text += (f" (cap {self.memory_cap_gb:.1f} GB: {self.over_cap} of {PREVIEW_SAMPLES} sampled are over "
+                         "it and would be skipped; --max-memory changes it)")
+            parts.append(text)
+        if self.fidelity is not None:
+            reach = "/".join(f"{c:.0f}" for c in self.fidelity.expected_counts(self.remaining))
+            parts.append(f"rungs {','.join(map(str, self.fidelity.steps))} proxy steps (eta {self.fidelity.eta}): "
+                         f"~{self.steps_per_trial:.0f} steps per trial on average, ~{reach} trials reach each rung")
         if self.dry_run:
             parts.append(f"disk ~{_human(self.disk_bytes)} (dry run: records only)")
         elif self.keep_checkpoints:
-            parts.append(f"disk ~{_human(self.disk_bytes)} (checkpoints kept, ~{_human(self.checkpoint_bytes[0])} each)")
+            parts.append(f"disk ~{_human(self.disk_bytes)} (checkpoints kept, "
+                         f"~{_human(self.checkpoint_bytes[0])} each)")
         else:
             parts.append(f"disk ~{_human(self.disk_bytes)} (one checkpoint of up to "
                          f"~{_human(self.checkpoint_bytes[1])} at a time, deleted when its trial ends; "
@@ -55,6 +72,10 @@ class SweepPreview:
         if self.seconds_per_trial is not None:
             parts.append(f"time ~{_duration(self.seconds_per_trial * self.remaining)} for one worker "
                          f"(~{_duration(self.seconds_per_trial)} per trial so far)")
+        elif self.step_seconds is not None and self.steps_per_trial is not None:
+            total = self.step_seconds * self.steps_per_trial * self.remaining
+            parts.append(f"time ~{_duration(total)} for one worker or more (a median candidate's training step "
+                         f"takes {self.step_seconds:.2f} s here; teachers, evaluation and measurement come on top)")
         else:
             parts.append("time: estimated after the first trial")
         return "; ".join(parts)
@@ -71,11 +92,11 @@ class SweepPreview:
 
 
 def mean_trial_seconds(study: Any) -> float | None:
-    """Mean ``trial_seconds`` of the study's complete trials, or None."""
+    """Mean ``trial_seconds`` of the study's complete and pruned trials (multi-fidelity: most stop early), or None."""
     from optuna.trial import TrialState
 
     values = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         search = (trial.user_attrs.get("record") or {}).get("search") or {}
         if isinstance(search.get("trial_seconds"), (int, float)):
             values.append(float(search["trial_seconds"]))
@@ -92,13 +113,33 @@ def sample_param_counts(space: Any, samples: int = PREVIEW_SAMPLES, seed: int = 
     return counts
 
 
-def sweep_preview(space: Any, settings: Any, n_trials: int, study: Any) -> SweepPreview:
-    """The estimate for running ``study`` up to ``n_trials`` trials with ``settings`` (ObjectiveSettings)."""
+def sweep_preview(space: Any, settings: Any, n_trials: int, study: Any, objective: Any = None,
+                  fidelity: Any = None, time_steps: bool = False) -> SweepPreview:
+    """The estimate for running ``study`` up to ``n_trials`` trials with ``settings`` (ObjectiveSettings).
+
+    With ``objective`` (a :class:`zoo.search.objective.SearchObjective`), the training memory of the sampled
+    candidates at the proxy's batch is estimated on the meta device (against ``settings.max_memory_gb``);
+    with ``time_steps`` too, one training step of the median candidate is timed, so the time of the sweep
+    is said before its first trial. ``fidelity``: the rung schedule (steps per trial on average).
+    """
     from zoo.search.study import trial_counts
 
-    counts = sorted(sample_param_counts(space))
     remaining = max(0, n_trials - trial_counts(study).counted)
-    checkpoints = (statistics.median(counts) * 1e6 * BYTES_PER_PARAM, counts[-1] * 1e6 * BYTES_PER_PARAM)
+    rng = random.Random(0)
+    candidates = [space.params_to_candidate(space.random_params(rng)) for _ in range(PREVIEW_SAMPLES)]
+    memory = None
+    if objective is not None:
+        from zoo.search.cost import train_costs
+
+        costs = [train_costs(c, objective.train_batch_size(c.resolution)) for c in candidates]
+        counts = [p / 1e6 for p, _ in costs]
+        memory = [m for _, m in costs]
+    else:
+        counts = sample_param_counts(space)
+    cap = settings.max_memory_gb
+    over = sum(m > cap * 1e9 for m in memory) if memory is not None and cap is not None else 0
+    ordered = sorted(counts)
+    checkpoints = (statistics.median(ordered) * 1e6 * BYTES_PER_PARAM, ordered[-1] * 1e6 * BYTES_PER_PARAM)
     records = remaining * RECORD_BYTES
     if settings.dry_run:
         disk = records
@@ -106,11 +147,31 @@ def sweep_preview(space: Any, settings: Any, n_trials: int, study: Any) -> Sweep
         disk = records + remaining * checkpoints[0]
     else:
         disk = records + checkpoints[1]
+    steps = step_time = None
+    if objective is not None and not settings.dry_run:
+        steps = fidelity.expected_steps() if fidelity is not None else float(objective.recipe().train.steps)
+        if time_steps:
+            from zoo.search.cost import step_seconds
+
+            fitting = [c for c, m in zip(candidates, memory) if cap is None or m <= cap * 1e9] or candidates
+            median = sorted(fitting, key=lambda c: counts[candidates.index(c)])[len(fitting) // 2]
+            step_time = step_seconds(median, objective.train_batch_size(median.resolution),
+                                     _device(settings.device))
+    elif fidelity is not None:
+        steps = fidelity.expected_steps()
     return SweepPreview(space=space.name, n_trials=n_trials, remaining=remaining,
-                        params_m=(counts[0], statistics.median(counts), counts[-1]), checkpoint_bytes=checkpoints,
+                        params_m=(ordered[0], statistics.median(ordered), ordered[-1]), checkpoint_bytes=checkpoints,
                         disk_bytes=disk, free_bytes=_free_bytes(Path(settings.out_dir)),
                         keep_checkpoints=settings.keep_checkpoints, dry_run=settings.dry_run,
-                        seconds_per_trial=mean_trial_seconds(study))
+                        seconds_per_trial=mean_trial_seconds(study),
+                        memory_bytes=(min(memory), max(memory)) if memory else None, memory_cap_gb=cap,
+                        over_cap=over, fidelity=fidelity, steps_per_trial=steps, step_seconds=step_time)
+
+
+def _device(spec: str) -> str:
+    from zoo.devices import resolve_device
+
+    return str(resolve_device(spec))
 
 
 def _free_bytes(path: Path) -> float | None:

@@ -496,7 +496,10 @@ def run_worker(study: Any, objective: SearchObjective, n_trials: int, timeout: f
             skips += 1
             report.ran -= 1
             if skips >= max_skips_in_row:
-                report.stopped_because = f"{skips} proposals in a row were duplicates (space exhausted?)"
+                last = trial.user_attrs.get(SKIPPED_ATTR, "")
+                why = ("over the memory cap: --max-memory, or --limit the widths" if "memory cap" in last
+                       else "duplicates (space exhausted?)")
+                report.stopped_because = f"{skips} proposals in a row were {why}"
                 break
             continue
         skips = 0
@@ -580,8 +583,13 @@ def trial_candidate(space: SearchSpace, trial: Any) -> Candidate:
     return space.params_to_candidate(trial.params)
 
 
-def trial_record(trial: Any) -> dict[str, Any]:
-    """The trial's run record (``summary.json`` content; records of older versions in today's layout)."""
+def trial_record(trial: Any, measured: Any = None) -> dict[str, Any]:
+    """The trial's run record (``summary.json`` content; records of older versions in today's layout).
+
+    ``measured``: the study's ``zoo_measured`` attribute (:func:`zoo.search.fidelity.remeasure_front`):
+    a trial whose predicted throughput was measured afterwards gets the measurement as ``throughput``
+    (the prediction stays in ``search.predicted_throughput``), as its run folder's summary.json says.
+    """
     from zoo.runs import RunRecord
 
     raw = trial.user_attrs.get("record")
@@ -590,6 +598,12 @@ def trial_record(trial: Any) -> dict[str, Any]:
     record = RunRecord.from_dict(raw)
     if record.backbone_config is None and isinstance(record.extra.get("config"), dict):
         record.backbone_config = record.extra.pop("config")  # schema 1 kept the config as "config"
+    later = (measured or {}).get(str(trial.number)) if isinstance(measured, dict) else None
+    if isinstance(later, dict) and isinstance(later.get("throughput"), dict):
+        record.throughput = later["throughput"]
+        if record.search is not None:
+            record.search.extra.update(measured_throughput=float(later["throughput"]["median"]),
+                                       predicted_throughput=later.get("predicted_throughput"))
     return record.to_dict()
 
 

@@ -49,8 +49,8 @@ def settings(tmp_path: Path, **kwargs) -> ObjectiveSettings:
 
 def fitted_table(tmp_path: Path) -> LatencyTable:
     """A latency table whose overhead fit is given (no full model measured: the test is about scheduling)."""
-    table = LatencyTable.open(LatencySettings(resolution=64, batch_size=1, threads=1, warmup=0, repeats=1,
-                                              steps_per_repeat=1), folder=tmp_path / "latency")
+    table = LatencyTable.open(LatencySettings(resolution=64, batch_size=1, warmup=0, repeats=1, steps_per_repeat=1),
+                              folder=tmp_path / "latency")  # threads: this process's, as `zoo search run` has them
     table.fit = Fit(1.0, 0.5, [])
     table.save()
     return table
@@ -382,3 +382,66 @@ def test_a_worker_killed_mid_rung_is_recovered(tmp_path):
     assert retry[0].user_attrs[rung_attr(0)] == failed[0].user_attrs[rung_attr(0)]  # rung 0 kept, not redone
     assert retry[0].user_attrs["rung"] >= 1  # it went on with the rung it died in
     assert runner.trial_counts(study).counted == 3
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_cli_multi_fidelity_predicted_throughput_and_the_front_measured(tmp_path):
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    args = ["search", "run", "--dry-run", "--resolution", "64", *[a for item in TINY for a in ("--limit", item)],
+            "--n-trials", "5", "--fidelity", "2,6,18", "--throughput", "predicted", "--latency-table",
+            str(tmp_path / "latency"), "--bench-batch", "1", "--bench-repeats", "1", "--bench-steps", "1",
+            "--bench-warmup", "0", "--device", "cpu", "--storage", url, "--study-name", "cli", "--out",
+            str(tmp_path / "runs")]
+    fitted_table(tmp_path)  # the 64 px, batch-1 table with a fit: no full model to measure first
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "rungs 2,6,18 proxy steps (eta 3)" in text and "stopped at rung" in text
+    study = optuna.load_study(study_name="cli", storage=runner.open_storage(url, heartbeat_interval=None))
+    front = runner.pareto_trials(study)
+    measured = study.user_attrs["zoo_measured"]
+    assert front and {str(t.number) for t in front} == set(measured)
+    for trial in front:
+        assert f"front trial {trial.number}: predicted" in text
+        record = read_record(trial.user_attrs["record"]["run_dir"])  # the run folder holds the measurement
+        assert record.throughput["source"] == "measured"
+        assert record.search.extra["predicted_throughput"] == pytest.approx(trial.values[0])
+        assert record.search.extra["measured_throughput"] == pytest.approx(record.throughput["median"])
+        assert runner.trial_record(trial, measured)["throughput"]["source"] == "measured"
+    # a worker with another schedule: one line, exit 2
+    refused = CliRunner().invoke(cli, [*args[:args.index("--fidelity") + 1], "2,6", *args[args.index("--fidelity") + 2:]])
+    assert refused.exit_code == 2 and "runs with fidelity 2,6,18" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+
+
+def test_memory_cap_skips_candidates_before_anything_runs(tmp_path):
+    space = tiny_space()
+    study = runner.open_study(optuna.storages.InMemoryStorage(), "cap", space)
+    objective = MultiFidelityObjective(space, settings(tmp_path, max_memory_gb=0.001), "cap", fidelity=SCHEDULE,
+                                       latency_table=fitted_table(tmp_path))
+    report = runner.run_worker(study, objective, 2, max_skips_in_row=2)
+    assert report.skipped == 2 and "over the memory cap" in report.stopped_because
+    trial = study.get_trials()[0]
+    assert "over the memory cap: training needs ~" in trial.user_attrs["skipped"]
+    assert rung_attr(0) not in trial.user_attrs and not (tmp_path / "runs").exists()
+
+
+def test_the_preview_says_memory_rungs_and_time_before_the_first_trial(tmp_path):
+    from zoo.search.preview import sweep_preview
+
+    space = tiny_space(["dim=32", "depth1=1", "depth2=1", "depth3=1", "depth4=1", "mlp_ratio=2.0"])
+    study = runner.open_study(optuna.storages.InMemoryStorage(), "p", space)
+    objective_settings = settings(tmp_path, dry_run=False, max_memory_gb=8.0)
+    objective = MultiFidelityObjective(space, objective_settings, "p", fidelity=Fidelity((10, 30, 90)))
+    preview = sweep_preview(space, objective_settings, 12, study, objective=objective, fidelity=objective.fidelity,
+                            time_steps=True)
+    line = " ".join(preview.line().split())
+    assert "training memory ~" in line and "cap 8.0 GB: 0 of 8 sampled are over it" in line
+    assert "rungs 10,30,90 proxy steps (eta 3): ~23 steps per trial on average, ~12/4/1 trials reach each rung" in line
+    assert "a median candidate's training step takes" in line and preview.step_seconds > 0

@@ -78,6 +78,47 @@ class WorkerSettings:
     quiet: bool = False
 
 
+@dataclass
+class FidelitySettings:
+    """Multi-fidelity rungs and where throughput comes from (see :mod:`zoo.search.fidelity`)."""
+
+    steps: str | None = None  # "10,30,90"; None: one full-length proxy per trial
+    eta: int = 3
+    promotion: str = "crowding"
+    throughput: str = "measured"  # or "predicted" (the latency table)
+    latency_folder: str | None = None  # default: zoo.search.latency.default_folder()
+    latency_clock: str = "wall"
+
+    def fidelity(self, objective: Any) -> Any:
+        """The schedule (None: single fidelity); predicted throughput alone runs one rung of the recipe's length."""
+        from zoo.search.fidelity import Fidelity
+
+        if self.steps:
+            return Fidelity.parse(self.steps, self.eta, self.promotion)
+        if self.throughput == "predicted":
+            steps = 1 if objective.dry_run else _recipe_steps(objective.recipe, objective.recipe_overrides)
+            return Fidelity((steps,), self.eta, self.promotion)
+        return None
+
+    def tables(self, space: Any, objective: Any) -> dict[int, Any] | None:
+        """One latency table per searched resolution, measured under the objective's bench settings."""
+        if self.throughput != "predicted":
+            return None
+        from zoo.search.latency import LatencySettings, LatencyTable
+
+        tables = {}
+        for resolution in space.resolutions:
+            bench = objective.bench_settings(resolution)
+            threads = bench.threads if bench.threads is not None else (1 if self.latency_clock == "cpu" else None)
+            # at least a little warm-up and repetition: first calls allocate (not part of the fingerprint)
+            settings = LatencySettings(resolution=resolution, batch_size=bench.batch_size, dtype=bench.dtype,
+                                       device=bench.device, threads=threads, warmup=max(2, bench.warmup),
+                                       repeats=max(3, bench.repeats), steps_per_repeat=max(2, bench.steps_per_repeat),
+                                       clock=self.latency_clock)
+            tables[resolution] = LatencyTable.open(settings, folder=self.latency_folder)
+        return tables
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -99,6 +140,33 @@ def _recipe_resolution(recipe: str, overrides: Sequence[str]) -> int:
         raise ConfigError(f"the recipe trains at {height}x{width}; the search needs a square resolution: "
                           "give --resolution R")
     return height
+
+
+def _recipe_steps(recipe: str, overrides: Sequence[str]) -> int:
+    from zoo.recipe import load_recipe
+
+    return load_recipe(recipe, overrides=list(overrides)).train.steps
+
+
+def _memory_cap(text: str | None, device: str, dry_run: bool) -> float | None:
+    """``--max-memory``: GB, ``none``, or ``auto`` (half the memory available now; off for dry runs)."""
+    if text is None or text.lower() == "auto":
+        if dry_run:
+            return None
+        from zoo.devices import resolve_device
+        from zoo.search.cost import available_memory_bytes
+
+        available = available_memory_bytes(str(resolve_device(device)))
+        return None if available is None else round(available / 2 / 1e9, 1)
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--max-memory takes GB (e.g. 4), auto or none, got {text!r}") from None
+    if not value > 0:
+        raise ConfigError(f"--max-memory must be positive, got {text}")
+    return value
 
 
 def _rate(value: float) -> str:
@@ -125,8 +193,9 @@ def _best_table(study: Any, trials: Sequence[Any], space: Any | None) -> Any:
     title = f"Pareto-optimal configurations of study {study.study_name!r} ({len(trials)})"
     table = Table(title=title, title_justify="left")
     rows = []
+    measured = study.user_attrs.get("zoo_measured")
     for trial in trials:
-        record = trial_record(trial)
+        record = trial_record(trial, measured)
         throughput = record.get("throughput") or {}
         cells = {"trial": str(trial.number), "img/s": _rate(float(throughput.get("median", 0.0))),
                  "FD loss": f"{record['fd_loss']:.4f}", "params (M)": f"{record.get('params_m') or 0.0:.2f}",
@@ -150,8 +219,16 @@ def _trial_line(trial: Any, eta: str = "") -> str:
     if trial.state.name == "COMPLETE" and record:
         search = record.get("search") or {}
         feasible = "" if search.get("feasible", True) else " [infeasible]"
+        feasible += " (predicted)" if search.get("throughput_source") == "predicted" else ""
         return (f"trial {trial.number}: {_rate(record['throughput']['median'])} img/s, FD loss "
                 f"{record['fd_loss']:.4f}, {record['params_m']:.2f}M params{feasible}{eta}")
+    if trial.state.name == "PRUNED" and record and (record.get("search") or {}).get("pruned"):
+        search = record["search"]
+        source = " (predicted)" if search.get("throughput_source") == "predicted" else ""
+        return (f"trial {trial.number}: stopped at rung {search['rung']} ({search['rung_steps']} steps): "
+                f"{_rate(record['throughput']['median'])} img/s{source}, FD loss {record['fd_loss']:.4f}{eta}")
+    if trial.state.name == "PRUNED" and "skipped" in trial.user_attrs:
+        return f"trial {trial.number}: skipped ({trial.user_attrs['skipped']}){eta}"
     return f"trial {trial.number}: {trial.state.name.lower()}{eta}"
 
 
@@ -186,7 +263,8 @@ def show_best(where: StudySettings, as_json: bool) -> None:
     study = where.open_existing()
     front = runner.pareto_trials(study)
     if as_json:
-        click.echo(json.dumps([runner.trial_record(t) for t in front], indent=2))
+        measured = study.user_attrs.get("zoo_measured")
+        click.echo(json.dumps([runner.trial_record(t, measured) for t in front], indent=2))
         return
     if not front:
         console.print(f"study {study.study_name!r} has no complete feasible trials yet")
@@ -205,11 +283,13 @@ def export_trial(where: StudySettings, target: str, trial_number: int | None) ->
     return path
 
 
-def run_search(space_settings: SpaceSettings, where: StudySettings, worker: WorkerSettings, objective: Any) -> None:
+def run_search(space_settings: SpaceSettings, where: StudySettings, worker: WorkerSettings, objective: Any,
+               rungs: FidelitySettings | None = None) -> None:
     """Join (or create) the study and run trials until its budget is taken."""
     import optuna
 
     from zoo.search import study as runner
+    from zoo.search.fidelity import MultiFidelityObjective, check_study_fidelity
     from zoo.search.objective import SearchObjective
     from zoo.search.preview import sweep_preview
     from zoo.ui import console, err_console
@@ -225,15 +305,27 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
     storage = runner.open_storage(where.storage,
                                   heartbeat_interval=worker.heartbeat_interval or runner.HEARTBEAT_INTERVAL_S,
                                   grace_period=worker.grace_period or runner.GRACE_PERIOD_S)
-    sampler = runner.make_sampler(worker.sampler, objective.objective, worker.n_trials, seed=worker.seed,
+    # NSGA-II grows its population from COMPLETE trials only: with rungs, size it by those reaching the last one
+    completes = worker.n_trials
+    if rungs is not None and rungs.steps:
+        completes = max(1, round(worker.n_trials / rungs.eta ** (len(rungs.steps.split(",")) - 1)))
+    sampler = runner.make_sampler(worker.sampler, objective.objective, completes, seed=worker.seed,
                                   population_size=worker.population_size)
     study = runner.open_study(storage, where.name, space, objective.objective, sampler,
                               runner.make_pruner(objective.objective))
     if worker.enqueue:
         names = runner.enqueue_variants(study, space, list(worker.enqueue))
         err_console.print(f"queued variants: {', '.join(names)}")
-    search_objective = SearchObjective(space, objective, study_name=where.name)
-    preview = sweep_preview(space, objective, worker.n_trials, study)
+    rungs = rungs or FidelitySettings()
+    fidelity = rungs.fidelity(objective)
+    check_study_fidelity(study, fidelity)
+    if fidelity is None:
+        search_objective = SearchObjective(space, objective, study_name=where.name)
+    else:
+        search_objective = MultiFidelityObjective(space, objective, study_name=where.name, fidelity=fidelity,
+                                                  latency_table=rungs.tables(space, objective))
+    preview = sweep_preview(space, objective, worker.n_trials, study, objective=search_objective,
+                            fidelity=fidelity if rungs.steps else None, time_steps=not objective.dry_run)
     err_console.print(preview.line())
 
     def on_trial(trial: Any) -> None:
@@ -249,10 +341,25 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
         f"{counts.counted}/{worker.n_trials} trials ({counts.complete} complete, {counts.running} running, "
         f"{counts.failed} failed)"
     )
+    if counts.complete and rungs.throughput == "predicted":
+        _measure_front(study, space, objective, worker.quiet)
     if counts.complete and not worker.quiet:
         front = runner.pareto_trials(study)
         if front:
             console.print(_best_table(study, front, space))
+
+
+def _measure_front(study: Any, space: Any, objective: Any, quiet: bool) -> None:
+    """The front was found with predicted throughput: measure its candidates for real (once per trial)."""
+    from zoo.search.fidelity import remeasure_front
+    from zoo.ui import err_console
+
+    def said(trial: Any, predicted: float, measured: float) -> None:
+        if not quiet:
+            err_console.print(f"front trial {trial.number}: predicted {_rate(predicted)} img/s, measured "
+                              f"{_rate(measured)} img/s ({100 * (predicted - measured) / measured:+.1f}%)")
+
+    remeasure_front(study, space, objective, on_trial=said)
 
 
 # --------------------------------------------------------------------------- the commands
@@ -287,6 +394,7 @@ def search_command() -> None:
       zoo search space
       zoo search space --space vit-cpe --resolution 224
       zoo search run --n-trials 40 --out runs/search --enqueue-variants all
+      zoo search run --n-trials 40 --fidelity 10,30,90 --throughput predicted --limit dim=32,48,64,80,96
       zoo search run --space vit-cpe --resolution 64 --n-trials 12 --dry-run --out runs/vit-search
       zoo search run --storage journal:///shared/search.log --study-name s1 --n-trials 200
       zoo pareto runs/search
@@ -335,6 +443,25 @@ def search_command() -> None:
               help=f"Heartbeat (RDB) / lease renewal (journal) of running trials, s [{HEARTBEAT_INTERVAL_S}].")
 @click.option("--grace-period", type=int, default=None,
               help=f"A trial silent this long is failed and retried, s [{GRACE_PERIOD_S}].")
+@click.option("--fidelity", "fidelity_steps", default=None, metavar="S1,S2,...",
+              help="Multi-fidelity: proxy steps of each rung (e.g. 10,30,90). A trial trains to the first rung, "
+                   "goes on (resuming its run) only when in the top 1/eta of the trials at that rung by "
+                   "non-dominated rank, else is pruned [one full-length proxy per trial].")
+@click.option("--eta", type=int, default=3, show_default=True, help="Rung reduction factor (with --fidelity).")
+@click.option("--promotion", type=click.Choice(["crowding", "hypervolume"]), default="crowding", show_default=True,
+              help="Tie-break within a non-dominated rank at a rung: crowding distance or hypervolume contribution.")
+@click.option("--throughput", "throughput_source", type=click.Choice(["measured", "predicted"]), default="measured",
+              show_default=True,
+              help="measured: zoo.bench per candidate; predicted: the per-device latency table of E-RADIO stages "
+                   "(measured once per device/resolution/batch/dtype; the final front is measured for real).")
+@click.option("--latency-table", "latency_folder", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Folder of latency tables [~/.cache/zoo/latency].")
+@click.option("--latency-clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="cpu: time the table with this process's CPU time (one thread; on a machine shared with "
+                   "other jobs).")
+@click.option("--max-memory", default="auto", show_default=True, metavar="GB|auto|none",
+              help="Skip candidates whose training would need more memory (estimated on the meta device); auto: "
+                   "half the memory available now (off for --dry-run).")
 @click.option("--quiet", is_flag=True, help="No per-trial lines.")
 def run_command(space: str, storage: str, study_name: str | None, n_trials: int, recipe: str | None,
                 overrides: tuple[str, ...], teacher_specs: tuple[str, ...], teacher_cache: str | None, out: str,
@@ -342,7 +469,9 @@ def run_command(space: str, storage: str, study_name: str | None, n_trials: int,
                 max_params: float | None, min_throughput: float | None, resolutions: Any, limits: tuple[str, ...],
                 enqueue: str | None, bench_batch: int | None, bench_repeats: int | None, bench_steps: int | None,
                 bench_warmup: int | None, dry_run: bool, keep_checkpoints: bool, timeout: float | None,
-                heartbeat_interval: int | None, grace_period: int | None, quiet: bool) -> None:
+                heartbeat_interval: int | None, grace_period: int | None, fidelity_steps: str | None, eta: int,
+                promotion: str, throughput_source: str, latency_folder: str | None, latency_clock: str,
+                max_memory: str, quiet: bool) -> None:
     """Run (or join) a search: each trial measures a sampled backbone and distills it briefly.
 
     \b
@@ -351,9 +480,11 @@ def run_command(space: str, storage: str, study_name: str | None, n_trials: int,
     loss; `zoo pareto OUT` draws the front. Checkpoints are deleted when a
     trial ends (--keep-checkpoints keeps them); the disk and time a sweep will
     use are printed before it starts. A trial whose proxy run diverges is
-    FAIL, not a point of the front.
+    FAIL, not a point of the front. With --fidelity, trials stopped at a
+    lower rung are PRUNED (their records say so).
     \b
     Examples:
+      zoo search run --n-trials 40 --fidelity 10,30,90 --throughput predicted --limit dim=32,48,64,80,96
       zoo search run --n-trials 40 --out runs/search --enqueue-variants all
       zoo search run --space vit-cpe --resolution 64 --teacher clip:tiny --teacher dinov2:tiny
       zoo search run --dry-run --resolution 64 --limit dim=32,48 --n-trials 8
@@ -369,12 +500,14 @@ def run_command(space: str, storage: str, study_name: str | None, n_trials: int,
     settings = ObjectiveSettings(recipe=recipe or DEFAULT_RECIPE, recipe_overrides=tuple(overrides),
                                  teachers=list(teacher_specs) or None, out_dir=Path(out), device=device,
                                  objective=objective, max_params_m=max_params, min_throughput=min_throughput,
-                                 bench=bench, dry_run=dry_run, keep_checkpoints=keep_checkpoints)
+                                 bench=bench, dry_run=dry_run, keep_checkpoints=keep_checkpoints,
+                                 max_memory_gb=_memory_cap(max_memory, device, dry_run))
     worker = WorkerSettings(n_trials=n_trials, sampler=sampler, population_size=population_size, seed=seed,
                             enqueue=[n.strip() for n in (enqueue or "").split(",") if n.strip()], timeout=timeout,
                             heartbeat_interval=heartbeat_interval, grace_period=grace_period, quiet=quiet)
+    rungs = FidelitySettings(fidelity_steps, eta, promotion, throughput_source, latency_folder, latency_clock)
     run_search(SpaceSettings(space, _square_resolutions(resolutions), limits),
-               StudySettings(storage, study_name, space), worker, settings)
+               StudySettings(storage, study_name, space), worker, settings, rungs)
 
 
 @search_command.command("space")
