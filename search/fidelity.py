@@ -578,11 +578,12 @@ def remeasure_front(study: Any, space: SearchSpace, settings: ObjectiveSettings,
         block = {**bench.throughput, "source": "measured"}
         measured[trial.number] = block
         predicted = float(search.get("predicted_throughput") or record["throughput"]["median"])
-        stored[str(trial.number)] = {"throughput": block, "predicted_throughput": predicted}
+        stored[str(trial.number)] = {"throughput": block, "predicted_throughput": predicted, "gmacs": bench.gmacs}
         run_dir = record.get("run_dir")
         if run_dir and RunPaths(Path(run_dir)).summary.is_file():
             data = read_record(run_dir)
             data.throughput = block
+            data.gmacs = bench.gmacs if bench.gmacs is not None else data.gmacs
             data.search.extra.update(measured_throughput=float(block["median"]), predicted_throughput=predicted)
             write_record(run_dir, data)
         if on_trial:

@@ -518,14 +518,14 @@ class LatencyTable:
                          for _ in range(COPIES)]
                 calls = [call for _, call in built]
 
-                def round_robin() -> None:
+                def round_robin(calls: list = calls) -> None:
                     for call in calls:
                         call()
 
                 values = [v / COPIES for v in time_call(round_robin, self.settings, device)]
                 self.entries[stage.key] = {"ms": round(summarise(values, self.settings), 6),
                                            "values": [round(v, 6) for v in values], "created": now_utc()}
-                del built, calls
+                del built, calls, round_robin
                 if progress:
                     progress(index + 1, len(todo))
         self.measured_now += len(todo)

@@ -601,6 +601,7 @@ def trial_record(trial: Any, measured: Any = None) -> dict[str, Any]:
     later = (measured or {}).get(str(trial.number)) if isinstance(measured, dict) else None
     if isinstance(later, dict) and isinstance(later.get("throughput"), dict):
         record.throughput = later["throughput"]
+        record.gmacs = later.get("gmacs", record.gmacs)
         if record.search is not None:
             record.search.extra.update(measured_throughput=float(later["throughput"]["median"]),
                                        predicted_throughput=later.get("predicted_throughput"))

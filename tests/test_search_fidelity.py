@@ -410,12 +410,13 @@ def test_cli_multi_fidelity_predicted_throughput_and_the_front_measured(tmp_path
     for trial in front:
         assert f"front trial {trial.number}: predicted" in text
         record = read_record(trial.user_attrs["record"]["run_dir"])  # the run folder holds the measurement
-        assert record.throughput["source"] == "measured"
+        assert record.throughput["source"] == "measured" and record.gmacs > 0
         assert record.search.extra["predicted_throughput"] == pytest.approx(trial.values[0])
         assert record.search.extra["measured_throughput"] == pytest.approx(record.throughput["median"])
         assert runner.trial_record(trial, measured)["throughput"]["source"] == "measured"
     # a worker with another schedule: one line, exit 2
-    refused = CliRunner().invoke(cli, [*args[:args.index("--fidelity") + 1], "2,6", *args[args.index("--fidelity") + 2:]])
+    at = args.index("--fidelity") + 1
+    refused = CliRunner().invoke(cli, [*args[:at], "2,6", *args[at + 1:]])
     assert refused.exit_code == 2 and "runs with fidelity 2,6,18" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
 
