@@ -460,7 +460,8 @@ def test_html_renders_in_headless_chromium(runs: Path, tmp_path: Path):
 PARAMS = {"dim": 48, "in_dim": 32, "depth1": 1, "depth2": 2, "depth3": 4, "depth4": 1, "window3": 7}
 
 
-def write_trial(root: Path, number: int, speed: float, fd: float, feasible: bool = True, legacy: bool = False) -> Path:
+def write_trial(root: Path, number: int, speed: float, fd: float, feasible: bool = True, legacy: bool = False,
+                pruned: bool = False) -> Path:
     """A trial folder as ``zoo search --out`` leaves it: schema 2 (one summary.json with a ``search`` block),
     or schema 1 (a distill summary.json without throughput, the trial's record in ``trial.json`` beside it)."""
     from zoo.runs import RunRecord, SearchInfo, write_record
@@ -475,7 +476,8 @@ def write_trial(root: Path, number: int, speed: float, fd: float, feasible: bool
         (folder / "trial.json").write_text(json.dumps(flat))
     else:
         record = RunRecord.from_dict({**trial, "kind": "search-trial"})
-        record.search = SearchInfo(study_name="study", trial_number=number, params=PARAMS, feasible=feasible)
+        record.search = SearchInfo(study_name="study", trial_number=number, params=PARAMS, feasible=feasible,
+                                   extra={"pruned": True} if pruned else {})
         write_record(folder, record)
     return folder
 
@@ -487,6 +489,7 @@ def search_out(tmp_path: Path) -> Path:
     write_trial(root, 1, 3000, 0.50, legacy=True)  # dominated
     write_trial(root, 2, 5000, 0.30)  # between eradio-l and regnety: on the front
     write_trial(root, 3, 9999, 0.01, feasible=False)  # would dominate everything, but violates the constraints
+    write_trial(root, 4, 9998, 0.02, pruned=True)  # stopped at a lower rung: its figures are a shorter proxy's
     return root
 
 
@@ -497,6 +500,7 @@ def test_search_out_folder_reads_trials_of_both_schemas(search_out: Path):
                                                 "trial 2 (d48 1-2-4-1)"]
     assert {r.kind for r in records} == {"search-trial"}
     assert any("left out 1 trial(s)" in w and "constraints" in w for w in warnings)
+    assert any("left out 1 trial(s)" in w and "lower rung" in w for w in warnings)
     legacy = next(r for r in records if r.trial_number == 0)
     # trial.json merged as zoo.runs.read_record merges it: its throughput and environment win
     assert legacy.metrics["throughput.median"] == 9500 and legacy.env.device_name == "NVIDIA A100"

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from zoo.errors import DiskFullError
 
@@ -43,8 +43,13 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
+    return remove_files(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def remove_files(paths: Iterable[Path]) -> list[Path]:
+    """Delete ``paths`` (one already gone is fine); returns those removed."""
     removed = []
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    for stale in paths:
         try:
             stale.unlink()
             removed.append(stale)

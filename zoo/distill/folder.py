@@ -8,20 +8,13 @@ from pathlib import Path
 from typing import Any
 
 
-from zoo.atomic import atomic_write_text
+from zoo.atomic import atomic_write_text, remove_files
 from zoo.runs import RunPaths
 
 
 def remove_killed_writes(paths: RunPaths) -> list[Path]:
     """Remove the temp files of writes killed mid-way (``.checkpoint.pt.*.tmp`` and the like)."""
-    removed = []
-    for stale in paths.stale_temp_files():
-        try:
-            stale.unlink()
-            removed.append(stale)
-        except FileNotFoundError:
-            pass
-    return removed
+    return remove_files(paths.stale_temp_files())
 
 
 def finite_or_none(value: Any) -> Any:

@@ -340,10 +340,17 @@ def record_files(path: Path) -> list[Path]:
 
 
 def _drop_infeasible(records: list[Record], where: str, warn: Warn) -> list[Record]:
-    kept = [r for r in records if r.kind != KIND_SEARCH_TRIAL or r.feasible]
-    if len(kept) < len(records):
-        warn(f"left out {len(records) - len(kept)} trial(s) in {where} that violate the search's constraints")
-    return kept
+    """Trials that break the search's constraints, or that a multi-fidelity search stopped at a lower rung
+    (their figures are from a shorter proxy than the others'), are not points of a front."""
+    trials = [r for r in records if r.kind == KIND_SEARCH_TRIAL]
+    infeasible = [r for r in trials if not r.feasible]
+    pruned = [r for r in trials if r.feasible and r.search.get("pruned")]
+    if infeasible:
+        warn(f"left out {len(infeasible)} trial(s) in {where} that violate the search's constraints")
+    if pruned:
+        warn(f"left out {len(pruned)} trial(s) in {where} stopped at a lower rung (a shorter proxy)")
+    dropped = {id(r) for r in infeasible + pruned}
+    return [r for r in records if id(r) not in dropped]
 
 
 def load_records(paths: Sequence[str | Path], skip_invalid: bool = False, warn: Warn | None = None) -> list[Record]:
