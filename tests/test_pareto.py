@@ -19,6 +19,7 @@ from zoo.errors import ZooError
 from zoo.pareto import (Objective, analyse, available_metrics, default_direction, join_bench_throughput,
                         load_records, load_study_records, pareto_front, parse_objective, plot_html, plot_png,
                         resolve_metric, to_csv)
+from zoo.pareto.versus import hypervolume_2d
 
 # --------------------------------------------------------------------------- synthetic records
 
@@ -579,3 +580,93 @@ def test_cli_resolution_filter_uses_the_shared_parser(tmp_path: Path):
     import zoo.pareto
 
     assert not hasattr(zoo.pareto, "parse_resolution")
+
+
+# --------------------------------------------------------------------------- the searched front over the hand-picked one
+
+
+@pytest.fixture
+def versus_case(tmp_path: Path) -> tuple[Path, Path]:
+    """Three hand-picked runs and two trials on one GPU, values chosen so the normalised points are round.
+
+    Throughput 10 / 100 / 1000 on a log axis -> 1, 0.5, 0 (as losses); FD loss 0.1 .. 0.5 -> (v - 0.1) / 0.4.
+    """
+    runs_dir, search_dir = tmp_path / "hand", tmp_path / "search"
+    for backbone, speed, fd in [("h1", 1000, 0.30), ("h2", 100, 0.20), ("h3", 10, 0.50)]:
+        write_run(runs_dir, distill_record(backbone, speed, fd))  # h1 (0, .5), h2 (.5, .25), h3 (1, 1)
+    write_trial(search_dir, 0, 1000, 0.25)  # (0, .375): same speed as h1, better loss -> dominates h1 and h3
+    write_trial(search_dir, 1, 10, 0.10)  # (1, 0): as slow as h3, better loss -> dominates h3 only
+    return runs_dir, search_dir
+
+
+# By hand, reference point (1.1, 1.1); each front swept by normalised speed-loss x:
+HV_HAND = 1.1 * (1.1 - 0.5) + (1.1 - 0.5) * (0.5 - 0.25)  # h1, then h2 below it: 0.66 + 0.15
+HV_SEARCHED = 1.1 * (1.1 - 0.375) + (1.1 - 1.0) * 0.375  # trial 0, then trial 1: 0.7975 + 0.0375
+HV_COMBINED = 1.1 * (1.1 - 0.375) + (1.1 - 0.5) * (0.375 - 0.25) + (1.1 - 1.0) * 0.25  # trial 0, h2, trial 1
+T0, T1 = "trial 0 (d48 1-2-4-1)", "trial 1 (d48 1-2-4-1)"
+
+
+def test_versus_hypervolumes_and_dominated_by_hand(versus_case):
+    records = load_records(list(versus_case))
+    speed_loss = [Objective("throughput.median", "max"), Objective("fd_loss", "min")]
+    group = analyse(records, speed_loss).groups[0]
+    versus = group.versus
+    assert (HV_HAND, HV_SEARCHED, HV_COMBINED) == pytest.approx((0.81, 0.835, 0.8975))
+    assert versus.hand_picked == pytest.approx(HV_HAND)
+    assert versus.searched == pytest.approx(HV_SEARCHED)
+    assert versus.combined == pytest.approx(HV_COMBINED)
+    assert [(d.row.label, [t.label for t in d.by]) for d in versus.dominated] == [("h1", [T0]), ("h3", [T0, T1])]
+    assert [s.log for s in versus.scales] == [True, False]
+    assert (versus.scales[0].best, versus.scales[0].worst) == (1000, 10)
+    # a third objective equal everywhere spans nothing: every volume is 1.1x (Optuna's exact WFG path)
+    three = analyse(records, speed_loss + [Objective("params_m", "min")]).groups[0].versus
+    assert (three.hand_picked, three.searched, three.combined) == pytest.approx(
+        (1.1 * HV_HAND, 1.1 * HV_SEARCHED, 1.1 * HV_COMBINED))
+    # one kind alone: no comparison, output as before
+    assert analyse([r for r in records if r.kind == "distill"], speed_loss).groups[0].versus is None
+    assert analyse([r for r in records if r.kind != "distill"], speed_loss).groups[0].versus is None
+
+
+def test_hypervolume_2d_matches_optuna():
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        points = rng.integers(0, 8, size=(int(rng.integers(1, 30)), 2)).astype(float) / 7  # ties and duplicates
+        reference = np.array([1.1, 1.1])
+        assert hypervolume_2d(points, reference) == pytest.approx(compute_hypervolume(points, reference))
+    # points outside the reference box add nothing
+    assert hypervolume_2d(np.array([[0.5, 2.0], [2.0, 0.5], [1.0, 1.0]]), [1.5, 1.5]) == pytest.approx(0.25)
+
+
+def test_cli_versus_table_lines_and_json(versus_case, tmp_path: Path):
+    out = tmp_path / "out"
+    result = _run(*map(str, versus_case), "--json", str(out / "f.json"), "--html", str(out / "f.html"))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "hypervolume of the fronts: hand-picked 0.81 · searched 0.835 · combined 0.8975" in lines
+    assert "hand-picked backbones dominated by a searched configuration:" in lines
+    assert f"  h1 by {T0}" in lines and f"  h3 by {T0}, {T1}" in lines
+    assert any("reference point 1.1 each = worst + 10% of the range" in line for line in lines)
+    group = json.loads((out / "f.json").read_text())["groups"][0]
+    hv = group["hypervolume"]
+    assert (hv["hand_picked"], hv["searched"], hv["combined"]) == pytest.approx((HV_HAND, HV_SEARCHED, HV_COMBINED))
+    assert hv["reference_point"] == [1.1, 1.1] and hv["records"] == 5
+    assert [n["log"] for n in hv["normalisation"]] == [True, False]
+    dominated = {d["label"]: [t["trial_number"] for t in d["dominated_by"]] for d in group["dominated_hand_picked"]}
+    assert dominated == {"h1": [0], "h3": [0, 1]}
+    assert "hypervolume: hand-picked 0.81 · searched 0.835 · combined 0.8975" in (out / "f.html").read_text()
+    # runs alone: no hypervolume line, no new JSON keys
+    alone = _run(str(versus_case[0]), "--json", str(out / "alone.json"))
+    assert alone.exit_code == 0 and "hypervolume" not in alone.output and "dominated" not in alone.output
+    assert not {"hypervolume", "dominated_hand_picked"} & set(json.loads((out / "alone.json").read_text())["groups"][0])
+
+
+def test_table7_backbones_dominated_by_a_search_trial(runs: Path, search_out: Path):
+    records = [r for r in load_records([runs, search_out]) if r.kind != "bench"]
+    versus = analyse(records, [Objective("throughput.median", "max"), Objective("fd_loss", "min")]).groups[0].versus
+    # trial 2 (5000 img/s, 0.30) beats every Table 7 backbone at <= 5000 img/s with FD loss >= 0.30
+    assert {d.row.label: [t.label for t in d.by] for d in versus.dominated} == {
+        name: ["trial 2 (d48 1-2-4-1)"] for name in ("convnext-b", "nfnet-f3", "swinv2-s", "maxvit-b", "mvitv2-b")}
+    # the trials add area to the hand-picked front, never remove it
+    assert versus.combined > versus.hand_picked and versus.combined >= versus.searched

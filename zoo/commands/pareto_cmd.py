@@ -80,6 +80,26 @@ def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
     return table
 
 
+def _print_versus(group: Group, total: int) -> None:
+    """Under a table holding both kinds: the three hypervolumes and the hand-picked backbones a trial dominates."""
+    versus = group.versus
+    if versus is None:
+        return
+    where = f"[{group.index}] " if total > 1 else ""
+    lines = [f"{where}hypervolume of the fronts: {versus.summary()}",
+             f"  {versus.reference}"]
+    if versus.dominated:
+        lines.append(f"{where}hand-picked backbones dominated by a searched configuration:")
+        for d in versus.dominated:
+            by = [t.label for t in d.by]
+            shown = ", ".join(by[:3]) + (f" and {len(by) - 3} more" if len(by) > 3 else "")
+            lines.append(f"  {d.row.label} by {shown}")
+    else:
+        lines.append(f"{where}no hand-picked backbone is dominated by a searched configuration")
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
 def _objectives(records, x, y, x_dir, y_dir, objective_specs):
     if objective_specs:
         if x is not None or y is not None or x_dir or y_dir:
@@ -137,6 +157,10 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
     gets its own front. Search trials given beside hand-picked runs share
     their environment's front, drawn with their own marker (▲ trials,
     ● runs); trials that violate the search's constraints are left out.
+    Such a group also reports the hypervolume of the hand-picked front, the
+    searched front and both together (objectives normalised over the group,
+    log throughput), and which hand-picked backbones a trial dominates
+    (also in --json, and in the plots' panel titles).
 
     \b
     Examples:
@@ -183,6 +207,7 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
     for group in analysis.groups:
         if group.ranked:
             console.print(_group_table(group, analysis, len(analysis.groups)))
+            _print_versus(group, len(analysis.groups))
         else:
             console.print(f"[{group.index}/{len(analysis.groups)}] {group.describe()}: no record has every "
                           f"objective ({', '.join(o.name for o in objectives)})", highlight=False, markup=False)

@@ -10,6 +10,7 @@ built from one :class:`Analysis`.
 * :mod:`zoo.pareto.records`: the loaders and :class:`Record` / :class:`Env`;
 * :mod:`zoo.pareto.metrics`: metric names, labels and which way is better;
 * :mod:`zoo.pareto.front`: non-dominated sets, grouping, the bench join, :func:`analyse`;
+* :mod:`zoo.pareto.versus`: hand-picked runs against search trials (hypervolumes, dominated backbones);
 * :mod:`zoo.pareto.render`: rows, CSV, JSON, PNG and HTML.
 
 The package imports neither torch nor optuna (plotting and study libraries are
@@ -23,7 +24,8 @@ from zoo.pareto.metrics import (DEFAULT_X, DEFAULT_Y, METRIC_LABELS, THROUGHPUT,
 from zoo.pareto.records import (RECORD_KINDS, RUN_KINDS, UNMEASURED, Env, Record, load_records,
                                 load_study_records, normalise_dtype, record_files, record_from_dict)
 from zoo.pareto.render import (FRONT_MARK, KIND_STYLES, RANDOM_TEACHER_MARK, figure_title, plot_html, plot_png,
-                               rows_as_dicts, to_csv, to_json)
+                               rows_as_dicts, to_csv, to_json, versus_caption)
+from zoo.pareto.versus import KindComparison, compare_kinds, hypervolume, hypervolume_2d
 
 __all__ = [
     "Analysis", "Group", "Row", "analyse", "join_bench_throughput", "pareto_front",
@@ -32,5 +34,6 @@ __all__ = [
     "RECORD_KINDS", "RUN_KINDS", "UNMEASURED", "Env", "Record", "load_records", "load_study_records",
     "normalise_dtype", "record_files", "record_from_dict",
     "FRONT_MARK", "KIND_STYLES", "RANDOM_TEACHER_MARK", "figure_title", "plot_html", "plot_png", "rows_as_dicts",
-    "to_csv", "to_json",
+    "to_csv", "to_json", "versus_caption",
+    "KindComparison", "compare_kinds", "hypervolume", "hypervolume_2d",
 ]

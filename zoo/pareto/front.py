@@ -20,7 +20,10 @@ Rules a user can rely on:
   front; it is listed in the group's notes and written to CSV/JSON with its
   ``missing`` objectives.
 * **Kinds share a front.** Distillation runs and search trials measured in
-  the same environment compete on one front; plots and tables tell them apart.
+  the same environment compete on one front; plots and tables tell them apart,
+  and such a group also carries a :class:`~zoo.pareto.versus.KindComparison`
+  (hypervolume of each kind's front and of both, the hand-picked backbones a
+  trial dominates).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 from zoo.errors import ConfigError, ZooError
 from zoo.pareto.metrics import THROUGHPUT, Objective
 from zoo.pareto.records import KIND_BENCH, RECORD_KINDS, Env, Record, Warn, normalise_dtype, resolution_of
+from zoo.pareto.versus import KindComparison, compare_kinds
 
 GROUP_BY = ("env", "none")
 THROUGHPUT_FROM = ("record", "bench")
@@ -147,6 +151,8 @@ class Group:
     envs: list[Env]  # one env, or several with group_by="none"
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    # Hand-picked runs against search trials; None unless the group ranks both kinds.
+    versus: KindComparison | None = None
 
     @property
     def mixed(self) -> bool:
@@ -287,7 +293,8 @@ def _group(index: int, members: list[Record], objectives: Sequence[Objective], t
                 missing=tuple(o.name for o, v in zip(objectives, p) if math.isnan(v)), label=label)
             for r, p, m, label in zip(members, points, mask, _unique_labels(members))]
     rows.sort(key=lambda row: _sort_key(row, objectives))
-    group = Group(index=index, envs=list({r.env.key: r.env for r in members}.values()), rows=rows)
+    group = Group(index=index, envs=list({r.env.key: r.env for r in members}.values()), rows=rows,
+                  versus=compare_kinds(rows, objectives))
     missing = [row for row in rows if row.missing]
     if missing:
         lacking = sorted({name for row in missing for name in row.missing})
