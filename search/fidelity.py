@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping, Sequence
 from zoo.errors import ConfigError, DivergedError
 from zoo.runs import STATUS_COMPLETE, STATUS_DIVERGED, RunPaths, RunRecord, SearchInfo, read_record, write_record
 from zoo.search.objective import (FD_LOSS, PROXY, ObjectiveSettings, SearchObjective, TrialDiverged,
-                                  constraint_values)
+                                  constraint_values, set_constraints)
 from zoo.search.space import Candidate, SearchSpace
 
 CROWDING = "crowding"
@@ -447,10 +447,7 @@ class MultiFidelityObjective(SearchObjective):
         speed = self.speed(candidate, name)
         throughput = float(speed.throughput["median"])
         constraints = constraint_values(self.settings, speed.params_m, throughput)
-        stored = trial.storage.get_trial_system_attrs(trial._trial_id)
-        for key, value in constraints.items():
-            if f"constraints:{key}" not in stored:
-                trial.set_constraint(key, value)
+        set_constraints(trial, constraints)
         feasible = all(v <= 0 for v in constraints.values())
         paths = self.run_paths(candidate)
         extra: dict[str, Any] = {"key": candidate.key(), "fidelity": self.fidelity.describe(),

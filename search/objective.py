@@ -131,6 +131,15 @@ def constraint_values(settings: ObjectiveSettings, params_m: float, throughput: 
     return values
 
 
+def set_constraints(trial: Any, constraints: Mapping[str, float]) -> None:
+    """Record the trial's constraint values; a retried trial (killed worker) keeps the ones it inherited
+    (Optuna would warn and keep them anyway)."""
+    stored = trial.storage.get_trial_system_attrs(trial._trial_id)
+    for key, value in constraints.items():
+        if f"constraints:{key}" not in stored:
+            trial.set_constraint(key, value)
+
+
 class SearchObjective:
     """The callable given to ``study.optimize``: one trial = one candidate scored.
 
@@ -273,11 +282,7 @@ class SearchObjective:
         bench = self.measure(candidate, name)
         throughput = float(bench.throughput["median"])
         constraints = constraint_values(self.settings, bench.params_m, throughput)
-        # A retried trial (killed worker) inherits its constraints; Optuna would warn and keep them.
-        stored = trial.storage.get_trial_system_attrs(trial._trial_id)
-        for key, value in constraints.items():
-            if f"constraints:{key}" not in stored:
-                trial.set_constraint(key, value)
+        set_constraints(trial, constraints)
         paths = self.run_paths(candidate)
         info = SearchInfo(study_name=self.study_name, trial_number=trial.number, space=self.space.name,
                           params=dict(trial.params), objective=self.settings.objective,
