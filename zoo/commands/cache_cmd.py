@@ -43,6 +43,12 @@ def build_command(recipe: str, overrides: tuple[str, ...], teacher_specs: tuple[
     are kept. Run again on a finished cache, it restores a changed index.json and
     adds what an older zoo did not store (index checksum, PHI-S statistics)
     without running the teachers.
+
+    \b
+    Examples:
+      zoo cache build --recipe smoke --out runs/smoke-cache
+      zoo cache build --recipe search-proxy --views 4 --out runs/proxy-cache
+      zoo cache build --recipe table7 --set data.path=/data/in21k --dtype bf16 --out /data/cache
     """
     from zoo.cache import DEFAULT_BUILD_BATCH, DEFAULT_SHARD_SIZE, build_cache, human
     from zoo.recipe import load_recipe
@@ -88,6 +94,11 @@ def verify_command(cache_dir: str, samples: int, seed: int, device: str, offline
 
     Exits 1 when a shard is corrupt or a teacher's cosine similarity is under 0.999;
     exits 2 (one line) when index.json was changed after the build.
+
+    \b
+    Examples:
+      zoo cache verify runs/smoke-cache
+      zoo cache verify runs/proxy-cache --samples 32 --device cuda
     """
     from zoo.cache import TARGET_COSINE, verify_cache
     from zoo.ui import console, err_console

@@ -171,7 +171,7 @@ def teacher_target(spec: str, device: Any) -> Target:
     from zoo.evaluations.embedding import teacher_embedder, teacher_view
     from zoo.teachers import build_teacher
 
-    teacher = build_teacher(spec, device, offline=True)
+    teacher = build_teacher(spec, device)  # local files first; the hub only when it answers
     return Target(f"teacher {spec}", teacher_embedder(teacher), teacher_view(teacher), teacher.is_random, teacher, spec)
 
 
@@ -210,7 +210,15 @@ def _settings(result: dict[str, Any]) -> dict[str, Any]:
 def knn_command(run: str | None, teacher_specs: tuple[str, ...], device: str, data: str, val_fraction: float,
                 seed: int, per_class: int | None, resolution: tuple[int, int] | None, batch_size: int,
                 json_path: Path | None, no_record: bool, head: str | None, k: int, temperature: float) -> None:
-    """Weighted k-NN top-1/top-5 (DINO's protocol) of a run's student and/or of teachers."""
+    """Weighted k-NN top-1/top-5 (DINO's protocol) of a run's student and/or of teachers.
+
+    \b
+    Examples:
+      zoo eval knn runs/resnet-18-smoke-... --data sklearn:digits
+      zoo eval knn runs/resnet-18-smoke-... --data ~/imagenette --head clip
+      zoo eval knn --teacher clip:tiny --teacher dinov2:tiny --data sklearn:digits
+      zoo eval knn runs/<run-id> --data '/data/val-{00..07}.tar'    # labelled shards (cls)
+    """
     from zoo.devices import resolve_device
     from zoo.evaluations.knn import evaluate_knn
     from zoo.evaluations.labelled import load_labelled
@@ -264,7 +272,14 @@ def zeroshot_command(run: str | None, teacher_specs: tuple[str, ...], device: st
                      seed: int, per_class: int | None, resolution: tuple[int, int] | None, batch_size: int,
                      json_path: Path | None, no_record: bool, classes: str | None, templates: str,
                      head: str | None) -> None:
-    """Zero-shot top-1/top-5 through the CLIP text tower, for a run's CLIP head and/or CLIP teachers."""
+    """Zero-shot top-1/top-5 through the CLIP text tower, for a run's CLIP head and/or CLIP teachers.
+
+    \b
+    Examples:
+      zoo eval zeroshot runs/resnet-18-smoke-... --data sklearn:digits
+      zoo eval zeroshot runs/<run-id> --data ~/imagenette --templates openai
+      zoo eval zeroshot --teacher clip:tiny --data sklearn:digits
+    """
     from zoo.devices import resolve_device
     from zoo.evaluations.labelled import load_labelled, parse_class_names
     from zoo.evaluations.zeroshot import clip_head_name, evaluate_zeroshot, zeroshot_templates

@@ -128,6 +128,7 @@ def run_seg(run_dir: Path | None, teacher_spec: str | None, data_path: Path, fmt
                       "macc": result.macc, "per_class_iou": result.per_class_iou, "steps": result.steps,
                       "feature_cache": result.feature_cache, "seconds": result.seconds}
         update_record(run_root, {miou_key: result.miou, acc_key: result.pixel_acc}, evaluation)
+        err_console.print(f"added {miou_key}, {acc_key} to {run_root / 'summary.json'}", highlight=False)
     return out
 
 
@@ -155,11 +156,11 @@ def _teacher_features(spec: str, crop: int, device: Any):
     from zoo.evaluations.seg import nearest_valid_crop
     from zoo.teachers import build_teacher
 
-    teacher = build_teacher(spec, device, offline=True)
+    teacher = build_teacher(spec, device)  # local files first; the hub only when it answers
     if "@" not in spec:  # run the teacher at the probe's crop, as the paper does (518 for DINOv2 /14)
         crop = nearest_valid_crop(crop, teacher.patch_size, teacher.patch_size)
         if tuple(teacher.resolution) != (crop, crop):
-            teacher = build_teacher(f"{spec}@{crop}", device, offline=True)
+            teacher = build_teacher(f"{spec}@{crop}", device)
     else:
         crop = int(teacher.resolution[0])
 

@@ -104,7 +104,11 @@ def open_source(spec: str | os.PathLike, resolution: Any = None) -> ExportSource
     if Path(spec).is_dir():
         raise ZooError(f"{spec} is a folder without {SUMMARY_FILE}: give a run folder written by zoo distill, "
                        "a registry name (zoo list) or a backbone .yaml file")
-    return _architecture_source(str(spec), resolution)
+    text = str(spec)
+    if ("/" in text or os.sep in text) and not text.endswith((".yaml", ".yml")) and not Path(text).exists():
+        raise ZooError(f"no run folder {text}: give a run folder written by zoo distill, a registry name "
+                       "(zoo list) or a backbone .yaml file")
+    return _architecture_source(text, resolution)
 
 
 def _architecture_source(name: str, resolution: Any) -> ExportSource:
