@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zoo.search.cost import human_bytes
+
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW exp_avg + exp_avg_sq
 RECORD_BYTES = 20_000  # summary.json + metrics.jsonl + recipe.yaml of one proxy run, about
 PREVIEW_SAMPLES = 8
@@ -49,7 +51,7 @@ class SweepPreview:
         parts = [f"sweep: {self.remaining} of {self.n_trials} trials to run; {self.space} candidates "
                  f"{low:.2f}-{high:.2f}M params (median {mid:.2f}M, {PREVIEW_SAMPLES} sampled)"]
         if self.memory_bytes is not None:
-            text = f"training memory ~{_human(self.memory_bytes[0])}-{_human(self.memory_bytes[1])} each"
+            text = f"training memory ~{human_bytes(self.memory_bytes[0])}-{human_bytes(self.memory_bytes[1])} each"
             if self.memory_cap_gb is not None:
                 text += (f" (cap {self.memory_cap_gb:.1f} GB: {self.over_cap} of {PREVIEW_SAMPLES} sampled are over "
                          "it and would be skipped; --max-memory changes it)")
@@ -59,16 +61,16 @@ class SweepPreview:
             parts.append(f"rungs {','.join(map(str, self.fidelity.steps))} proxy steps (eta {self.fidelity.eta}): "
                          f"~{self.steps_per_trial:.0f} steps per trial on average, ~{reach} trials reach each rung")
         if self.dry_run:
-            parts.append(f"disk ~{_human(self.disk_bytes)} (dry run: records only)")
+            parts.append(f"disk ~{human_bytes(self.disk_bytes)} (dry run: records only)")
         elif self.keep_checkpoints:
-            parts.append(f"disk ~{_human(self.disk_bytes)} (checkpoints kept, "
-                         f"~{_human(self.checkpoint_bytes[0])} each)")
+            parts.append(f"disk ~{human_bytes(self.disk_bytes)} (checkpoints kept, "
+                         f"~{human_bytes(self.checkpoint_bytes[0])} each)")
         else:
-            parts.append(f"disk ~{_human(self.disk_bytes)} (one checkpoint of up to "
-                         f"~{_human(self.checkpoint_bytes[1])} at a time, deleted when its trial ends; "
+            parts.append(f"disk ~{human_bytes(self.disk_bytes)} (one checkpoint of up to "
+                         f"~{human_bytes(self.checkpoint_bytes[1])} at a time, deleted when its trial ends; "
                          "--keep-checkpoints keeps them)")
         if self.free_bytes is not None and self.disk_bytes > self.free_bytes:
-            parts.append(f"WARNING: only {_human(self.free_bytes)} free")
+            parts.append(f"WARNING: only {human_bytes(self.free_bytes)} free")
         if self.seconds_per_trial is not None:
             parts.append(f"time ~{_duration(self.seconds_per_trial * self.remaining)} for one worker "
                          f"(~{_duration(self.seconds_per_trial)} per trial so far)")
@@ -179,14 +181,6 @@ def _free_bytes(path: Path) -> float | None:
         if folder.exists():
             return float(shutil.disk_usage(folder).free)
     return None
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 def _duration(seconds: float) -> str:
