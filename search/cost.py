@@ -8,13 +8,21 @@
   never builds a candidate it cannot hold.
 * :func:`step_seconds`: a real forward + backward + AdamW step of one candidate at the training batch and
   resolution, timed after one warm-up step (the student's share of a proxy step).
+* :func:`measure_trial_cost`: what one trial of a candidate costs, piece by piece (:class:`TrialCost`): a
+  real distillation step (teachers' forward, or nothing with a teacher cache; student, adaptor heads,
+  losses, backward, AdamW) timed after a warm-up step, the model build, one inference forward at the
+  bench batch (throughput measurement and held-out evaluation are counted in those), the FLOP count, and
+  the checkpoint's size over this disk's fsync'd write rate. :meth:`TrialCost.seconds` adds them up for
+  the number of steps, evaluations, checkpoints and measurements a trial makes.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 BYTES_PER_PARAM_TRAINING = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 
@@ -96,6 +104,148 @@ def step_seconds(candidate: Any, batch_size: int, device: str = "cpu", steps: in
     for _ in range(steps):
         step()
     return (time.perf_counter() - start) / steps
+
+
+@dataclass
+class TrialCost:
+    """Seconds of the pieces of one trial of a candidate on this machine (see :func:`measure_trial_cost`)."""
+
+    build_s: float  # one candidate.build()
+    step_s: float  # one distillation step, teachers included (or the cache read)
+    forward_s: float  # one inference forward at the bench batch
+    bench_batch: int
+    gmacs_s: float  # one FLOP count (the bench's, and each proxy run's at its end)
+    checkpoint_bytes: int  # model + heads + AdamW moments
+    write_bytes_per_s: float  # fsync'd writes to the runs' disk
+
+    def checkpoint_s(self) -> float:
+        return self.checkpoint_bytes / self.write_bytes_per_s
+
+    def eval_s(self, images: int) -> float:
+        """A held-out evaluation: the student (and heads) on ``images`` images."""
+        return self.forward_s * max(1, images) / self.bench_batch
+
+    def seconds(self, plan: "TrialPlan") -> float:
+        """The trial's seconds: measurement, then each proxy run (build, steps, evaluations, checkpoints, FLOPs)."""
+        bench = 0.0
+        if plan.bench_forwards:
+            bench = self.build_s + self.gmacs_s + plan.bench_forwards * self.forward_s
+        runs = plan.runs * (self.build_s + self.gmacs_s)
+        return (bench + runs + plan.steps * self.step_s + plan.evaluations * self.eval_s(plan.eval_images)
+                + plan.checkpoints * self.checkpoint_s())
+
+
+@dataclass
+class TrialPlan:
+    """What an average trial does (from the recipe, the bench settings and the rung schedule)."""
+
+    steps: float  # proxy steps trained
+    evaluations: float  # held-out FD-loss evaluations
+    eval_images: int
+    checkpoints: float  # checkpoint writes
+    runs: float  # distill calls (one per rung reached): each builds the student and counts its FLOPs
+    bench_forwards: int  # forward passes of the throughput measurement (0: predicted from the latency table)
+
+
+def measure_trial_cost(candidate: Any, recipe: Any, teachers: Sequence[Any], bench_batch: int, device: str = "cpu",
+                       out_dir: str | Path = ".", steps: int = 1) -> TrialCost:
+    """Time the pieces of a trial of ``candidate`` under the proxy ``recipe`` with these built ``teachers``.
+
+    The distillation step is the trainer's own: :class:`zoo.distill.model.DistillModel` (backbone, adaptor
+    heads, loss balancer) on a batch at the teachers' shared resolution, the teachers' forward first unless
+    the recipe reads a teacher cache. One warm-up step, then ``steps`` timed ones.
+    """
+    import torch
+
+    from zoo.data import shared_resolution, student_view
+    from zoo.distill.model import DistillModel, autocast_factory, amp_dtype, build_optimizer
+    from zoo.flops import count_gmacs
+    from zoo.heads import AdaptorHeads
+    from zoo.losses import LossBalancer, loss_term_names
+
+    device_ = torch.device(device)
+    start = time.perf_counter()
+    backbone = candidate.build()
+    build_s = time.perf_counter() - start
+    hw = tuple(recipe.resolution)
+    cached = getattr(recipe.data, "teacher_cache", None) is not None
+    shared = shared_resolution(hw, *[t.resolution for t in teachers])
+    heads = AdaptorHeads(backbone.summary_dim, backbone.feature_dim, teachers)
+    terms = loss_term_names(teachers, recipe.loss.summary_weights, recipe.loss.feature_weights)
+    balancer = LossBalancer(recipe.loss.balancing, terms, backbone.summary_dim)
+    model = DistillModel(backbone, heads, balancer, recipe).to(device_).train()
+    optimizer = build_optimizer(model, recipe)
+    autocast = autocast_factory(device_, amp_dtype(recipe, device_))
+    batch = torch.rand(int(recipe.train.batch_size), 3, *shared, device=device_)
+    with torch.no_grad():
+        fixed_targets = {t.name: t(batch) for t in teachers}
+
+    def step() -> None:
+        if cached:
+            targets = fixed_targets  # read from the cache's memory map: next to nothing
+        else:
+            with torch.no_grad():
+                targets = {t.name: t(batch) for t in teachers}
+        with autocast():
+            losses = model(student_view(batch, hw), targets)
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        optimizer.step()
+        _sync(device_)
+
+    step()  # warm-up: allocations, kernel selection, AdamW's state
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    step_s = (time.perf_counter() - start) / steps
+    checkpoint_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    checkpoint_bytes += sum(t.numel() * t.element_size() for state in optimizer.state.values()
+                            for t in state.values() if isinstance(t, torch.Tensor))
+    del optimizer, fixed_targets
+    backbone.eval()
+    x = torch.rand(bench_batch, 3, *hw, device=device_)
+    with torch.no_grad():
+        backbone(x)  # warm-up
+        _sync(device_)
+        start = time.perf_counter()
+        backbone(x)
+        _sync(device_)
+        forward_s = time.perf_counter() - start
+    start = time.perf_counter()
+    count_gmacs(backbone, hw, device=device_)
+    gmacs_s = time.perf_counter() - start
+    return TrialCost(build_s=build_s, step_s=step_s, forward_s=forward_s, bench_batch=bench_batch, gmacs_s=gmacs_s,
+                     checkpoint_bytes=int(checkpoint_bytes), write_bytes_per_s=write_rate(out_dir))
+
+
+WRITE_PROBE_BYTES = 32 * 2**20
+
+
+def write_rate(folder: str | Path, size: int = WRITE_PROBE_BYTES) -> float:
+    """Bytes per second of a ``torch.save`` + fsync to ``folder`` (its nearest existing parent), as checkpoints are
+    written; the probe file is removed."""
+    import tempfile
+
+    import torch
+
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    payload = torch.empty(size // 4, dtype=torch.float32).uniform_()
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".zoo-write-probe-", suffix=".tmp") as handle:
+        start = time.perf_counter()
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+        seconds = time.perf_counter() - start
+    return size / max(seconds, 1e-6)
+
+
+def _sync(device: Any) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def human_bytes(size: float) -> str:

@@ -5,8 +5,15 @@ sample of candidates. A proxy run's checkpoint holds the backbone's fp32
 weights and AdamW's two moments, about 12 bytes per parameter (the adaptor
 heads add a little more); by default each checkpoint is deleted when its
 trial ends, so a worker needs room for one at a time, plus a few kilobytes of
-record and metrics per trial. Time per trial comes from the study's finished
-trials (their ``trial_seconds``), so a fresh study says it after its first trial.
+record and metrics per trial.
+
+Time per trial comes from the study's finished trials (their ``trial_seconds``)
+once there are some. Before the first one, the median sampled candidate's
+trial is costed piece by piece (:func:`zoo.search.cost.measure_trial_cost`:
+one real distillation step with the teachers, the model build, an inference
+forward, a FLOP count, this disk's write rate) for what a trial does
+(:func:`trial_plan`: proxy steps, FD-loss evaluations, checkpoint writes, the
+throughput measurement's forward passes, one proxy run per rung reached).
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ class SweepPreview:
     over_cap: int = 0  # sampled candidates over the cap
     fidelity: Any = None  # zoo.search.fidelity.Fidelity
     steps_per_trial: float | None = None  # proxy steps of an average trial
-    step_seconds: float | None = None  # one proxy step of a median candidate (the student), measured now
+    step_seconds: float | None = None  # one proxy step of a median candidate (teachers included), measured now
+    estimate_seconds: float | None = None  # one average trial of the median candidate (cost model), before any ran
+    cost: Any = None  # zoo.search.cost.TrialCost of the median candidate
+    plan: Any = None  # zoo.search.cost.TrialPlan of an average trial
 
     def line(self) -> str:
         low, mid, high = self.params_m
@@ -74,13 +84,33 @@ class SweepPreview:
         if self.seconds_per_trial is not None:
             parts.append(f"time ~{_duration(self.seconds_per_trial * self.remaining)} for one worker "
                          f"(~{_duration(self.seconds_per_trial)} per trial so far)")
-        elif self.step_seconds is not None and self.steps_per_trial is not None:
-            total = self.step_seconds * self.steps_per_trial * self.remaining
-            parts.append(f"time ~{_duration(total)} for one worker or more (a median candidate's training step "
-                         f"takes {self.step_seconds:.2f} s here; teachers, evaluation and measurement come on top)")
+        elif self.estimate_seconds is not None:
+            parts.append(f"time ~{_duration(self.estimate_seconds * self.remaining)} for one worker "
+                         f"(~{_duration(self.estimate_seconds)} per trial: {self._pieces()}; larger candidates "
+                         "take longer)")
         else:
             parts.append("time: estimated after the first trial")
         return "; ".join(parts)
+
+    def _pieces(self) -> str:
+        """Where a median candidate's trial time goes."""
+        cost, plan = self.cost, self.plan
+        pieces = [f"{plan.steps:.0f} steps of {cost.step_s:.2f} s (a median candidate's training step takes "
+                  f"{cost.step_s:.2f} s here, teachers included)"]
+        if plan.bench_forwards:
+            bench = cost.build_s + cost.gmacs_s + plan.bench_forwards * cost.forward_s
+            pieces.append(f"throughput measurement ~{_duration(bench)}")
+        if plan.checkpoints:
+            pieces.append(f"{plan.checkpoints:.0f} checkpoint writes of ~{human_bytes(cost.checkpoint_bytes)} "
+                          f"~{_duration(plan.checkpoints * cost.checkpoint_s())}")
+        other = plan.runs * (cost.build_s + cost.gmacs_s) + plan.evaluations * cost.eval_s(plan.eval_images)
+        pieces.append(f"build, evaluation and FLOP count ~{_duration(other)}")
+        return ", ".join(pieces)
+
+    def per_trial_seconds(self, study: Any = None) -> float | None:
+        """Seconds per trial: the study's mean so far, else the estimate made before the first trial."""
+        seconds = mean_trial_seconds(study) if study is not None else self.seconds_per_trial
+        return seconds if seconds is not None else self.estimate_seconds
 
     def eta_after(self, study: Any, n_trials: int) -> str:
         """`` (~T left for one worker)`` from the study's finished trials, or empty."""
@@ -149,16 +179,21 @@ def sweep_preview(space: Any, settings: Any, n_trials: int, study: Any, objectiv
         disk = records + remaining * checkpoints[0]
     else:
         disk = records + checkpoints[1]
-    steps = step_time = None
+    steps = step_time = estimate = cost = plan = None
     if objective is not None and not settings.dry_run:
-        steps = fidelity.expected_steps() if fidelity is not None else float(objective.recipe().train.steps)
+        plan = trial_plan(objective)
+        steps = plan.steps
         if time_steps:
-            from zoo.search.cost import step_seconds
+            from zoo.search.cost import measure_trial_cost
 
             fitting = [c for c, m in zip(candidates, memory) if cap is None or m <= cap * 1e9] or candidates
             median = sorted(fitting, key=lambda c: counts[candidates.index(c)])[len(fitting) // 2]
-            step_time = step_seconds(median, objective.train_batch_size(median.resolution),
-                                     _device(settings.device))
+            recipe = objective.recipe(median.resolution)
+            cost = measure_trial_cost(median, recipe, objective.teachers(recipe),  # built once, kept for the trials
+                                      int(settings.bench_settings(median.resolution).batch_size),
+                                      _device(settings.device), out_dir=settings.out_dir)
+            step_time = cost.step_s
+            estimate = cost.seconds(plan)
     elif fidelity is not None:
         steps = fidelity.expected_steps()
     return SweepPreview(space=space.name, n_trials=n_trials, remaining=remaining,
@@ -167,7 +202,41 @@ def sweep_preview(space: Any, settings: Any, n_trials: int, study: Any, objectiv
                         keep_checkpoints=settings.keep_checkpoints, dry_run=settings.dry_run,
                         seconds_per_trial=mean_trial_seconds(study),
                         memory_bytes=(min(memory), max(memory)) if memory else None, memory_cap_gb=cap,
-                        over_cap=over, fidelity=fidelity, steps_per_trial=steps, step_seconds=step_time)
+                        over_cap=over, fidelity=fidelity, steps_per_trial=steps, step_seconds=step_time,
+                        estimate_seconds=estimate, cost=cost, plan=plan)
+
+
+def trial_plan(objective: Any) -> Any:
+    """What an average trial of ``objective`` (a real, not dry, search objective) does: proxy steps, FD-loss
+    evaluations, checkpoint writes and proxy runs (one per rung reached, each trial reaching rung ``r`` with
+    probability ``eta**-r``), and the forward passes of its throughput measurement (none when predicted)."""
+    from zoo.search.cost import TrialPlan
+
+    resolution = objective.space.resolutions[0]
+    recipe = objective.recipe(resolution)
+    every_ckpt = int(recipe.train.checkpoint_every or 0)
+    fidelity = getattr(objective, "fidelity", None)
+    bench = objective.settings.bench_settings(resolution)
+    forwards = 0 if getattr(objective, "tables", None) else bench.warmup + bench.repeats * bench.steps_per_repeat
+    if fidelity is None:
+        total, every_eval = int(recipe.train.steps), int(recipe.eval.every or 0)
+        return TrialPlan(steps=float(total), evaluations=float(_marks(0, total, every_eval) + 1),
+                         eval_images=int(recipe.eval.images), checkpoints=float(_marks(0, total, every_ckpt) + 1),
+                         runs=1.0, bench_forwards=forwards)
+    reach = [1.0 / fidelity.eta ** rung for rung in range(fidelity.rungs)]
+    previous, checkpoints = 0, 0.0
+    for share, steps in zip(reach, fidelity.steps):
+        checkpoints += share * (_marks(previous, steps, every_ckpt) + 1)  # every C steps in the rung, and its end
+        previous = steps
+    return TrialPlan(steps=fidelity.expected_steps(), evaluations=sum(reach), eval_images=int(recipe.eval.images),
+                     checkpoints=checkpoints, runs=sum(reach), bench_forwards=forwards)
+
+
+def _marks(start: int, end: int, every: int) -> int:
+    """Steps in ``(start, end)`` that are multiples of ``every`` (periodic evaluations/checkpoints before a run's end)."""
+    if every <= 0 or end <= start:
+        return 0
+    return (end - 1) // every - start // every
 
 
 def _device(spec: str) -> str:

@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zoo.errors import ConfigError, UnknownNameError, ZooError, unknown_name
-from zoo.search.objective import DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, SearchObjective, TrialDiverged
+from zoo.search.objective import (DIRECTIONS, FD_LOSS, MULTI, OBJECTIVE_NAMES, PROXY, SURROGATE, SearchObjective,
+                                  TrialDiverged)
 from zoo.search.space import DEFAULT_SPACE, Candidate, SearchSpace
 
 DEFAULT_STORAGE = "sqlite:///runs/search.db"
@@ -395,14 +396,102 @@ def make_trial_check(study: Any, n_trials: int) -> Callable[[Any, Candidate], st
     return check
 
 
-def enqueue_variants(study: Any, space: SearchSpace, names: Sequence[str], resolution: int | None = None) -> list[str]:
-    """Queue the space's reference points (the paper's variants; ``all`` = every one) as the study's
-    first trials; returns their backbone names. Already queued or run ones are not queued again."""
+@dataclass
+class VariantPlan:
+    """The reference points a worker queues (parameters by backbone name), those queued with other windows
+    than the paper's (``adapted``: name -> (paper windows, queued windows)) and those left out (name -> why)."""
+
+    params: dict[str, dict[str, Any]]
+    resolution: int
+    adapted: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+    left_out: dict[str, str]
+
+    def lines(self) -> list[str]:
+        """What to tell the user: the queued names, then one line per change of windows and per left-out variant."""
+        lines = [f"queued variants: {', '.join(self.params) or 'none'}"]
+        groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]] = {}
+        for name, change in self.adapted.items():
+            groups.setdefault(change, []).append(name)
+        for (paper, fitted), names in groups.items():
+            lines.append(f"  {', '.join(names)}: windows {'/'.join(map(str, fitted))} instead of the paper's "
+                         f"{'/'.join(map(str, paper))} (the nearest that tile the {self.resolution} px maps)")
+        for name, reason in self.left_out.items():
+            lines.append(f"  {name} left out: {reason}")
+        return lines
+
+
+def plan_variants(space: SearchSpace, names: Sequence[str], resolution: int | None = None) -> VariantPlan:
+    """The parameters of the named reference points (``all`` = every one) at ``resolution`` (the space's first).
+
+    An unknown name is refused (:class:`UnknownNameError`, before any study exists). A variant whose
+    attention windows do not tile the maps at the searched resolution (the paper's 2x2 windows at 64 px,
+    where stage 3's only choice is 4) is queued with the nearest windows the space offers; one that still
+    is not a point of the space (e.g. narrowed away by ``--limit``) is left out, with the reason.
+    """
     names = list(names)
-    params = space.variant_params(None if names == ["all"] else names, resolution)
-    for name, values in params.items():
+    resolution = space.resolutions[0] if resolution is None else resolution
+    wanted = space.variant_names() if names == ["all"] else names
+    plan = VariantPlan({}, resolution, {}, {})
+    for name in wanted:
+        try:
+            plan.params.update(space.variant_params([name], resolution))
+            continue
+        except ConfigError as err:
+            reason = str(err)
+        fitted = _fit_windows(space, name, resolution)
+        if fitted is None:
+            plan.left_out[_full_name(space, name) or name] = reason
+            continue
+        full, values, change = fitted
+        plan.params[full] = values
+        plan.adapted[full] = change
+    return plan
+
+
+def _full_name(space: Any, name: str) -> str | None:
+    """A variant's backbone name from its short form (``xt`` -> ``eradio-xt``), as ``variant_params`` reads it."""
+    known = space.variant_names()
+    words = set(space.family.split("-"))
+    short = {"-".join(w for w in full.split("-") if w not in words): full for full in known}
+    return name if name in known else short.get(name)
+
+
+def _fit_windows(space: Any, name: str, resolution: int) -> tuple[str, dict[str, Any], tuple] | None:
+    """``(backbone name, params, (paper windows, fitted windows))`` of a variant with its windows moved to
+    the nearest ones the space offers at ``resolution``; None for a space without windows, or when some
+    other field is outside the space."""
+    if not all(hasattr(space, attr) for attr in ("variants", "variant_at", "config_to_params", "window_param_names")):
+        return None
+    full = _full_name(space, name)
+    if full is None:
+        return None
+    config = space.variant_at(space.variants()[full], resolution)
+    windows = tuple(config.window_size)
+    fitted = tuple(_nearest(w, space.param(param).values())
+                   for w, param in zip(windows, space.window_param_names(resolution)))
+    try:
+        values = space.config_to_params(config.replace(window_size=list(fitted)), resolution)
+    except ConfigError:
+        return None
+    return full, values, (windows, fitted)
+
+
+def _nearest(value: int, choices: Sequence[int]) -> int:
+    """The choice closest to ``value`` in ratio (a window of 4 is as far from 2 as 1 is); ties: the larger."""
+    import math
+
+    return min(choices, key=lambda c: (abs(math.log(c / value)), -c))
+
+
+def enqueue_variants(study: Any, space: SearchSpace, names: Sequence[str], resolution: int | None = None,
+                     plan: VariantPlan | None = None) -> list[str]:
+    """Queue the space's reference points (the paper's variants; ``all`` = every one) as the study's
+    first trials (see :func:`plan_variants`); returns their backbone names. Already queued or run ones are
+    not queued again."""
+    plan = plan or plan_variants(space, names, resolution)
+    for name, values in plan.params.items():
         study.enqueue_trial(values, user_attrs={"variant": name}, skip_if_exists=True)
-    return list(params)
+    return list(plan.params)
 
 
 # --------------------------------------------------------------------------- worker
@@ -604,8 +693,37 @@ def trial_record(trial: Any, measured: Any = None) -> dict[str, Any]:
         record.gmacs = later.get("gmacs", record.gmacs)
         if record.search is not None:
             record.search.extra.update(measured_throughput=float(later["throughput"]["median"]),
-                                       predicted_throughput=later.get("predicted_throughput"))
+                                       predicted_throughput=later.get("predicted_throughput"),
+                                       throughput_source="measured")
+    # Say where both objectives came from, also for records written before these keys existed.
+    if "fd_loss_source" not in record.extra:
+        record.extra["fd_loss_source"] = SURROGATE if str(record.note or "").startswith("dry run") else PROXY
+    if record.search is not None:
+        record.search.extra.setdefault("throughput_source", "measured")
     return record.to_dict()
+
+
+def study_exists(storage: Any, study_name: str) -> bool:
+    import optuna
+
+    return study_name in optuna.get_all_study_names(storage)
+
+
+def discard_new_study(storage: Any, study_name: str) -> bool:
+    """Delete a study this worker has just created when its start is refused, so that the same command
+    with a corrected argument starts afresh; kept when any trial has left the queue (another worker
+    already runs it). True when deleted."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+            return False
+        optuna.delete_study(study_name=study_name, storage=storage)
+        return True
+    except KeyError:  # already gone
+        return False
 
 
 def find_trial(study: Any, number: int) -> Any:

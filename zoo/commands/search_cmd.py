@@ -76,6 +76,7 @@ class WorkerSettings:
     heartbeat_interval: int | None = None
     grace_period: int | None = None
     quiet: bool = False
+    live: bool | None = None  # the live front table: None = when stderr is a terminal (not CI, not --quiet)
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _space_table(space: Any) -> Any:
 def _best_table(study: Any, trials: Sequence[Any], space: Any | None) -> Any:
     from rich.table import Table
 
+    from zoo.search.objective import SURROGATE
     from zoo.search.study import trial_candidate, trial_record
 
     title = f"Pareto-optimal configurations of study {study.study_name!r} ({len(trials)})"
@@ -197,8 +199,12 @@ def _best_table(study: Any, trials: Sequence[Any], space: Any | None) -> Any:
     for trial in trials:
         record = trial_record(trial, measured)
         throughput = record.get("throughput") or {}
+        search = record.get("search") or {}
         cells = {"trial": str(trial.number), "img/s": _rate(float(throughput.get("median", 0.0))),
-                 "FD loss": f"{record['fd_loss']:.4f}", "params (M)": f"{record.get('params_m') or 0.0:.2f}",
+                 "speed": search.get("throughput_source", "measured"),
+                 "FD loss": f"{record['fd_loss']:.4f}",
+                 "FD from": "surrogate" if record.get("fd_loss_source") == SURROGATE else "proxy",
+                 "params (M)": f"{record.get('params_m') or 0.0:.2f}",
                  "GMACs": f"{record['gmacs']:.3f}" if record.get("gmacs") is not None else "—",
                  "res": str((record.get("resolution") or ["?"])[0])}
         if space is not None:
@@ -285,13 +291,16 @@ def export_trial(where: StudySettings, target: str, trial_number: int | None) ->
 
 def run_search(space_settings: SpaceSettings, where: StudySettings, worker: WorkerSettings, objective: Any,
                rungs: FidelitySettings | None = None) -> None:
-    """Join (or create) the study and run trials until its budget is taken."""
+    """Join (or create) the study and run trials until its budget is taken.
+
+    Everything a start can refuse (space, variants, schedule, recipe, teachers, latency table) is checked
+    before the study is created; a study this worker created is deleted again when its start is refused
+    after all, so the same command with a corrected argument starts afresh.
+    """
     import optuna
 
     from zoo.search import study as runner
-    from zoo.search.fidelity import MultiFidelityObjective, check_study_fidelity
-    from zoo.search.objective import SearchObjective
-    from zoo.search.preview import sweep_preview
+    from zoo.search.fidelity import check_study_fidelity
     from zoo.ui import console, err_console
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial of our own instead
@@ -302,37 +311,42 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
     if space_settings.resolutions is None and not objective.dry_run:
         space_settings.resolutions = (_recipe_resolution(objective.recipe, objective.recipe_overrides),)
     space = space_settings.build()
+    variants = runner.plan_variants(space, list(worker.enqueue)) if worker.enqueue else None
+    rungs = rungs or FidelitySettings()
+    fidelity = rungs.fidelity(objective)
     storage = runner.open_storage(where.storage,
                                   heartbeat_interval=worker.heartbeat_interval or runner.HEARTBEAT_INTERVAL_S,
                                   grace_period=worker.grace_period or runner.GRACE_PERIOD_S)
     # NSGA-II grows its population from COMPLETE trials only: with rungs, size it by those reaching the last one
     completes = worker.n_trials
-    if rungs is not None and rungs.steps:
+    if rungs.steps:
         completes = max(1, round(worker.n_trials / rungs.eta ** (len(rungs.steps.split(",")) - 1)))
     sampler = runner.make_sampler(worker.sampler, objective.objective, completes, seed=worker.seed,
                                   population_size=worker.population_size)
-    study = runner.open_study(storage, where.name, space, objective.objective, sampler,
-                              runner.make_pruner(objective.objective))
-    if worker.enqueue:
-        names = runner.enqueue_variants(study, space, list(worker.enqueue))
-        err_console.print(f"queued variants: {', '.join(names)}")
-    rungs = rungs or FidelitySettings()
-    fidelity = rungs.fidelity(objective)
-    check_study_fidelity(study, fidelity)
-    if fidelity is None:
-        search_objective = SearchObjective(space, objective, study_name=where.name)
-    else:
-        search_objective = MultiFidelityObjective(space, objective, study_name=where.name, fidelity=fidelity,
-                                                  latency_table=rungs.tables(space, objective))
-    preview = sweep_preview(space, objective, worker.n_trials, study, objective=search_objective,
-                            fidelity=fidelity if rungs.steps else None, time_steps=not objective.dry_run)
+
+    def join() -> Any:
+        study = runner.open_study(storage, where.name, space, objective.objective, sampler,
+                                  runner.make_pruner(objective.objective))
+        check_study_fidelity(study, fidelity)
+        return study
+
+    created = not runner.study_exists(storage, where.name)
+    study = None if created else join()  # another space, objective or schedule is refused before any work
+    search_objective = _search_objective(space, objective, where.name, rungs, fidelity)
+    search_objective.prepare()  # recipe, teacher specs, latency table fit: refused before a study is created
+    try:
+        study = study or join()
+        if variants is not None:
+            runner.enqueue_variants(study, space, list(worker.enqueue), plan=variants)
+            for line in variants.lines():
+                err_console.print(line)
+        preview = _preview(space, objective, worker.n_trials, study, search_objective, fidelity if rungs.steps else None)
+    except BaseException:
+        if created:  # nothing ran: the same command with a corrected argument must start afresh
+            runner.discard_new_study(storage, where.name)
+        raise
     err_console.print(preview.line())
-
-    def on_trial(trial: Any) -> None:
-        if not worker.quiet:
-            err_console.print(_trial_line(trial, preview.eta_after(study, worker.n_trials)))
-
-    report = runner.run_worker(study, search_objective, worker.n_trials, timeout=worker.timeout, on_trial=on_trial)
+    report = _run_trials(study, search_objective, worker, preview, fidelity if rungs.steps else None)
     counts = report.counts
     diverged = f", {report.diverged} diverged" if report.diverged else ""
     err_console.print(
@@ -347,6 +361,48 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
         front = runner.pareto_trials(study)
         if front:
             console.print(_best_table(study, front, space))
+
+
+def _search_objective(space: Any, objective: Any, study_name: str, rungs: FidelitySettings, fidelity: Any) -> Any:
+    """One trial's scoring: single fidelity, or rung by rung (with predicted throughput when asked)."""
+    from zoo.search.fidelity import MultiFidelityObjective
+    from zoo.search.objective import SearchObjective
+
+    if fidelity is None:
+        return SearchObjective(space, objective, study_name=study_name)
+    return MultiFidelityObjective(space, objective, study_name=study_name, fidelity=fidelity,
+                                  latency_table=rungs.tables(space, objective))
+
+
+def _preview(space: Any, objective: Any, n_trials: int, study: Any, search_objective: Any, fidelity: Any) -> Any:
+    from zoo.search.preview import sweep_preview
+
+    return sweep_preview(space, objective, n_trials, study, objective=search_objective, fidelity=fidelity,
+                         time_steps=not objective.dry_run)
+
+
+def _run_trials(study: Any, search_objective: Any, worker: WorkerSettings, preview: Any, fidelity: Any) -> Any:
+    """The worker's trials: one line each (unless --quiet), under the live front table when it is on."""
+    from zoo.search import study as runner
+    from zoo.search.live import LiveFront, live_wanted
+    from zoo.ui import err_console
+
+    live = live_wanted(worker.live, err_console, worker.quiet)
+    rungs = list(fidelity.steps) if fidelity is not None else None
+    view = LiveFront(study, worker.n_trials, err_console, preview.per_trial_seconds(), rungs) if live else None
+
+    def on_trial(trial: Any) -> None:
+        if not worker.quiet:
+            err_console.print(_trial_line(trial, preview.eta_after(study, worker.n_trials)))
+        if view is not None:
+            view.update()
+            if not err_console.is_terminal:  # asked for with --live, into a file or pipe: the table after each trial
+                err_console.print(view.renderable())
+
+    if view is None or not err_console.is_terminal:
+        return runner.run_worker(study, search_objective, worker.n_trials, timeout=worker.timeout, on_trial=on_trial)
+    with view:
+        return runner.run_worker(study, search_objective, worker.n_trials, timeout=worker.timeout, on_trial=on_trial)
 
 
 def _measure_front(study: Any, space: Any, objective: Any, quiet: bool) -> None:
@@ -463,6 +519,9 @@ def search_command() -> None:
               help="Skip candidates whose training would need more memory (estimated on the meta device); auto: "
                    "half the memory available now (off for --dry-run).")
 @click.option("--quiet", is_flag=True, help="No per-trial lines.")
+@click.option("--live/--no-live", "live", default=None,
+              help="The study's current front as a table under the per-trial lines, updated after each trial "
+                   "(every worker's) [on when stderr is a terminal, off in CI and with --quiet].")
 def run_command(space: str, storage: str, study_name: str | None, n_trials: int, recipe: str | None,
                 overrides: tuple[str, ...], teacher_specs: tuple[str, ...], teacher_cache: str | None, out: str,
                 device: str, objective: str, sampler: str | None, population_size: int | None, seed: int | None,
@@ -471,7 +530,7 @@ def run_command(space: str, storage: str, study_name: str | None, n_trials: int,
                 bench_warmup: int | None, dry_run: bool, keep_checkpoints: bool, timeout: float | None,
                 heartbeat_interval: int | None, grace_period: int | None, fidelity_steps: str | None, eta: int,
                 promotion: str, throughput_source: str, latency_folder: str | None, latency_clock: str,
-                max_memory: str, quiet: bool) -> None:
+                max_memory: str, quiet: bool, live: bool | None) -> None:
     """Run (or join) a search: each trial measures a sampled backbone and distills it briefly.
 
     \b
@@ -504,7 +563,8 @@ def run_command(space: str, storage: str, study_name: str | None, n_trials: int,
                                  max_memory_gb=_memory_cap(max_memory, device, dry_run))
     worker = WorkerSettings(n_trials=n_trials, sampler=sampler, population_size=population_size, seed=seed,
                             enqueue=[n.strip() for n in (enqueue or "").split(",") if n.strip()], timeout=timeout,
-                            heartbeat_interval=heartbeat_interval, grace_period=grace_period, quiet=quiet)
+                            heartbeat_interval=heartbeat_interval, grace_period=grace_period, quiet=quiet,
+                            live=live)
     rungs = FidelitySettings(fidelity_steps, eta, promotion, throughput_source, latency_folder, latency_clock)
     run_search(SpaceSettings(space, _square_resolutions(resolutions), limits),
                StudySettings(storage, study_name, space), worker, settings, rungs)
