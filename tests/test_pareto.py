@@ -670,3 +670,99 @@ def test_table7_backbones_dominated_by_a_search_trial(runs: Path, search_out: Pa
         name: ["trial 2 (d48 1-2-4-1)"] for name in ("convnext-b", "nfnet-f3", "swinv2-s", "maxvit-b", "mvitv2-b")}
     # the trials add area to the hand-picked front, never remove it
     assert versus.combined > versus.hand_picked and versus.combined >= versus.searched
+
+
+# --------------------------------------------------------------------------- figures that are not measurements
+
+
+def write_search_trial(root: Path, number: int, speed: float, fd: float, surrogate: bool = False,
+                       predicted: bool = False, measured: float | None = None) -> Path:
+    """A trial of ``zoo search run``: ``--dry-run`` (surrogate FD loss), predicted throughput, re-measured or not."""
+    from zoo.runs import RunRecord, SearchInfo, write_record
+
+    data = {**distill_record(f"eradio-search-{number:04d}", speed, fd, run_id=f"dry-{number:04d}"),
+            "kind": "search-trial", "fd_loss_source": "surrogate" if surrogate else "proxy"}
+    extra = {}
+    if predicted:
+        data["throughput"]["source"] = "measured" if measured is not None else "predicted"
+        extra = {"throughput_source": "predicted", "predicted_throughput": speed * 1.1,
+                 "measured_throughput": measured}
+    record = RunRecord.from_dict(data)
+    record.search = SearchInfo(study_name="dry", trial_number=number, params=PARAMS, feasible=True, extra=extra)
+    folder = root / f"dry-{number:04d}"
+    write_record(folder, record)
+    return folder
+
+
+def test_surrogate_fd_losses_and_predicted_throughputs_are_marked(runs: Path, tmp_path: Path, monkeypatch):
+    import csv
+
+    import matplotlib.text
+
+    search = tmp_path / "dry-out"
+    write_search_trial(search, 0, 9500, 0.30, surrogate=True)  # a dry run: the surrogate beats every run
+    write_search_trial(search, 1, 5000, 0.31, surrogate=True, predicted=True)
+    write_search_trial(search, 2, 3000, 0.29, predicted=True)  # predicted, never measured
+    write_search_trial(search, 3, 2000, 0.28, predicted=True, measured=2000)  # predicted, then measured: a figure
+    drawn: list[str] = []
+    real_draw = matplotlib.text.Text.draw
+    monkeypatch.setattr(matplotlib.text.Text, "draw", lambda self, r: drawn.append(self.get_text()) or real_draw(self, r))
+    out = tmp_path / "out"
+    result = _run(str(runs), str(search), "--env", "1", "--json", str(out / "f.json"), "--csv", str(out / "f.csv"),
+                  "--png", str(out / "f.png"), "--html", str(out / "f.html"))
+    assert result.exit_code == 0, result.output
+    surrogate_line = "FD loss of 2 points is the dry-run surrogate, not a distillation"
+    predicted_line = "throughput of 2 points is predicted from a latency table, not measured"
+    # The table: marks on the labels, a note per row, the caption, and a note under it.
+    assert surrogate_line in result.output and predicted_line in result.output
+    rows = {line.split("│")[2].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "§ surrogate" in rows["trial 0 (d48 1-2-4-1)§"] and "§ surrogate" in rows["trial 1 (d48 1-2-4-1)§≈"]
+    assert "≈ predicted" in rows["trial 2 (d48 1-2-4-1)≈"]
+    assert "trial 3 (d48 1-2-4-1)" in rows and "eradio-b" in rows  # measured figures carry no mark
+    assert "predicted" not in rows["trial 3 (d48 1-2-4-1)"] and "surrogate" not in rows["eradio-b"]
+    assert "§ these compare dry-run surrogate FD losses with distillations" in result.output  # under the hypervolumes
+    # JSON and CSV say it per row and as caption lines.
+    payload = json.loads((out / "f.json").read_text())
+    flags = {r["trial_number"]: (r["fd_loss_surrogate"], r["throughput_predicted"])
+             for r in payload["rows"] if r["kind"] == "search-trial"}
+    assert flags == {0: (True, False), 1: (True, True), 2: (False, True), 3: (False, False)}
+    assert not any(r["fd_loss_surrogate"] or r["throughput_predicted"] for r in payload["rows"] if r["kind"] != "search-trial")
+    assert any(surrogate_line in c for c in payload["caveats"]) and any(predicted_line in c for c in payload["caveats"])
+    assert payload["groups"][0]["surrogate_points"] == 2 and payload["groups"][0]["predicted_points"] == 2
+    csv_rows = {r["label"]: r for r in csv.DictReader(io.StringIO((out / "f.csv").read_text()))}
+    assert csv_rows["trial 1 (d48 1-2-4-1)"]["fd_loss_surrogate"] == "true"
+    assert csv_rows["trial 1 (d48 1-2-4-1)"]["throughput_predicted"] == "true"
+    assert csv_rows["eradio-b"]["fd_loss_surrogate"] == "false"
+    # The PNG: legend entries for the rings around such points, and the caption line.
+    assert "§ FD loss: dry-run surrogate" in drawn and "≈ throughput: predicted" in drawn
+    assert any(surrogate_line in text and predicted_line in text for text in drawn)
+    # The HTML: the same legend entries, the caption in the title, and a hover line per point.
+    html = (out / "f.html").read_text()
+    legend = set(re.findall(r'"name":\s*"([^"]*)"', html))
+    assert {"§ FD loss: dry-run surrogate [1]", "≈ throughput: predicted [1]"} <= legend, legend
+    assert surrogate_line in html and predicted_line in html
+    assert "FD loss: the dry-run surrogate, not a distillation" in html  # hover text
+
+
+def test_study_trials_read_their_later_measurement(tmp_path: Path):
+    """A study's trial whose predicted throughput was measured after the search (``zoo_measured``) shows the
+    measurement, unmarked; one that was not keeps its prediction, marked."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = optuna.create_study(study_name="p", storage=storage, directions=["maximize", "minimize"])
+    for number, (speed, fd) in enumerate([(100, 0.5), (50, 0.3)]):
+        trial = study.ask()
+        record = {**distill_record("eradio", speed, fd), "kind": "search-trial",
+                  "search": {"study_name": "p", "trial_number": number, "params": PARAMS,
+                             "throughput_source": "predicted", "predicted_throughput": speed,
+                             "measured_throughput": None}}
+        record["throughput"]["source"] = "predicted"
+        trial.set_user_attr("record", record)
+        study.tell(trial, [speed, fd])
+    measured = {**_throughput(80.0, A100), "source": "measured"}
+    study.set_user_attr("zoo_measured", {"0": {"throughput": measured, "predicted_throughput": 100.0, "gmacs": 1.5}})
+    records = {r.trial_number: r for r in load_study_records(storage)}
+    assert records[0].metrics["throughput.median"] == 80.0 and not records[0].throughput_predicted
+    assert records[1].metrics["throughput.median"] == 50.0 and records[1].throughput_predicted

@@ -16,7 +16,7 @@ from zoo.errors import ConfigError, ZooError
 from zoo.pareto import (DEFAULT_X, DEFAULT_Y, FRONT_MARK, RANDOM_TEACHER_MARK, THROUGHPUT, Analysis, Group,
                         analyse, format_value, load_records, load_study_records, metric_label, parse_objective,
                         plot_html, plot_png, to_csv, to_json)
-from zoo.pareto.render import kind_style
+from zoo.pareto.render import PREDICTED_MARK, SURROGATE_MARK, caveats, kind_style, record_marks
 from zoo.runs import DEFAULT_OUT as DEFAULT_RUNS_DIR
 from zoo.ui import console, err_console
 
@@ -40,7 +40,7 @@ def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
     if total > 1:
         title = f"[{group.index}/{total}] {title}"
     title += f" — {len(group.front)} of {len(ranked)} on the front"
-    caption = " · ".join(f"{o.label} {o.arrow} {o.better}" for o in objectives)
+    caption = "\n".join([" · ".join(f"{o.label} {o.arrow} {o.better}" for o in objectives), *caveats(group)])
     table = Table(title=Text(title), title_justify="left", caption=Text(caption), caption_justify="left")
     table.add_column(FRONT_MARK, justify="center")
     table.add_column("model")
@@ -63,13 +63,16 @@ def _group_table(group: Group, analysis: Analysis, total: int) -> Table:
         notes = []
         if r.random_teacher:
             notes.append(f"{RANDOM_TEACHER_MARK} random teacher")
+        if r.fd_loss_surrogate:
+            notes.append(f"{SURROGATE_MARK} surrogate FD loss (dry run)")
+        if r.throughput_predicted:
+            notes.append(f"{PREDICTED_MARK} predicted speed")
         if r.status and r.status.lower() not in ("done", "complete", "completed", "ok", "success", "finished"):
             notes.append(f"status: {r.status}")
         if r.throughput_source != "record":
             notes.append(f"speed from {r.throughput_source.rsplit('/', 1)[-1]}")
         kind = r.kind if len(group.kinds) <= 1 else f"{kind_style(r.kind).glyph} {r.kind}"
-        cells = [FRONT_MARK if row.on_front else "", row.label + (RANDOM_TEACHER_MARK if r.random_teacher else ""),
-                 kind]
+        cells = [FRONT_MARK if row.on_front else "", row.label + record_marks(r), kind]
         cells += [format_value(v) for v in row.values]
         if speed_shown:
             low, high = r.metric("throughput.min"), r.metric("throughput.max")
@@ -91,11 +94,14 @@ def _print_versus(group: Group, total: int) -> None:
     if versus.dominated:
         lines.append(f"{where}hand-picked backbones dominated by a searched configuration:")
         for d in versus.dominated:
-            by = [t.label for t in d.by]
+            by = [t.label + record_marks(t.record) for t in d.by]
             shown = ", ".join(by[:3]) + (f" and {len(by) - 3} more" if len(by) > 3 else "")
             lines.append(f"  {d.row.label} by {shown}")
     else:
         lines.append(f"{where}no hand-picked backbone is dominated by a searched configuration")
+    if group.surrogate_points:
+        lines.append(f"{where}{SURROGATE_MARK} these compare dry-run surrogate FD losses with distillations: "
+                     "they say nothing about quality")
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
@@ -160,7 +166,10 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
     Such a group also reports the hypervolume of the hand-picked front, the
     searched front and both together (objectives normalised over the group,
     log throughput), and which hand-picked backbones a trial dominates
-    (also in --json, and in the plots' panel titles).
+    (also in --json, and in the plots' panel titles). Figures that are not
+    measurements are marked in tables, files and plots: § the surrogate FD
+    loss of `zoo search run --dry-run` trials, ≈ a predicted throughput not
+    measured since, † a random teacher.
 
     \b
     Examples:
@@ -215,6 +224,10 @@ def pareto_command(paths, x, y, x_dir, y_dir, objective_specs, group_by, env_ind
             _note(f"[{group.index}] {note}" if len(analysis.groups) > 1 else note)
     if analysis.random_teacher:
         _note(f"{RANDOM_TEACHER_MARK} distilled from a random teacher: losses measure the pipeline, not quality")
+    if analysis.surrogate_points:
+        _note(f"{caveats(analysis)[0]}: `zoo search run --dry-run` tests the search machinery, its losses rank nothing")
+    if analysis.predicted_points:
+        _note(f"{caveats(analysis)[-1]} (zoo search run measures the front's predicted trials when it ends)")
     for note in analysis.notes:
         _note(note)
     if not any(group.ranked for group in analysis.groups):

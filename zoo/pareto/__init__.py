@@ -23,8 +23,9 @@ from zoo.pareto.metrics import (DEFAULT_X, DEFAULT_Y, METRIC_LABELS, THROUGHPUT,
                                 resolve_metric)
 from zoo.pareto.records import (RECORD_KINDS, RUN_KINDS, UNMEASURED, Env, Record, load_records,
                                 load_study_records, normalise_dtype, record_files, record_from_dict)
-from zoo.pareto.render import (FRONT_MARK, KIND_STYLES, RANDOM_TEACHER_MARK, figure_title, plot_html, plot_png,
-                               rows_as_dicts, to_csv, to_json, versus_caption)
+from zoo.pareto.render import (FRONT_MARK, KIND_STYLES, PREDICTED_MARK, RANDOM_TEACHER_MARK, SURROGATE_MARK, caveats,
+                               figure_title, plot_html, plot_png, record_marks, rows_as_dicts, to_csv, to_json,
+                               versus_caption)
 from zoo.pareto.versus import KindComparison, compare_kinds, hypervolume, hypervolume_2d
 
 __all__ = [
@@ -33,7 +34,8 @@ __all__ = [
     "flatten_metrics", "format_value", "metric_label", "parse_objective", "resolve_metric",
     "RECORD_KINDS", "RUN_KINDS", "UNMEASURED", "Env", "Record", "load_records", "load_study_records",
     "normalise_dtype", "record_files", "record_from_dict",
-    "FRONT_MARK", "KIND_STYLES", "RANDOM_TEACHER_MARK", "figure_title", "plot_html", "plot_png", "rows_as_dicts",
+    "FRONT_MARK", "KIND_STYLES", "PREDICTED_MARK", "RANDOM_TEACHER_MARK", "SURROGATE_MARK", "caveats",
+    "figure_title", "record_marks", "plot_html", "plot_png", "rows_as_dicts",
     "to_csv", "to_json", "versus_caption",
     "KindComparison", "compare_kinds", "hypervolume", "hypervolume_2d",
 ]

@@ -180,6 +180,16 @@ class Group:
     def random_teacher(self) -> bool:
         return any(row.record.random_teacher for row in self.ranked)
 
+    @property
+    def surrogate_points(self) -> int:
+        """Ranked rows whose FD loss is a dry-run search's surrogate, not a distillation."""
+        return sum(row.record.fd_loss_surrogate for row in self.ranked)
+
+    @property
+    def predicted_points(self) -> int:
+        """Ranked rows whose throughput is a latency-table prediction, not a measurement."""
+        return sum(row.record.throughput_predicted for row in self.ranked)
+
 
 @dataclass
 class Analysis:
@@ -195,6 +205,14 @@ class Analysis:
     @property
     def kinds(self) -> list[str]:
         return sorted({kind for group in self.groups for kind in group.kinds}, key=_kind_order)
+
+    @property
+    def surrogate_points(self) -> int:
+        return sum(group.surrogate_points for group in self.groups)
+
+    @property
+    def predicted_points(self) -> int:
+        return sum(group.predicted_points for group in self.groups)
 
 
 def join_bench_throughput(records: Sequence[Record], warn: Warn | None = None) -> list[Record]:

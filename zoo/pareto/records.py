@@ -35,6 +35,8 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     KIND_BENCH: ("backbone", "throughput"),
 }
 REQUIRED_THROUGHPUT_FIELDS = ("median",) + ENV_FIELDS
+SURROGATE = "surrogate"  # fd_loss_source of a dry-run search trial (zoo.search.objective.SURROGATE)
+PREDICTED = "predicted"  # throughput.source of a latency-table prediction (zoo.search.latency)
 DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
 
 Warn = Callable[[str], None]
@@ -123,6 +125,10 @@ class Record:
     random_teacher: bool = False
     status: str | None = None
     throughput_source: str = "record"  # or "bench <source>" after a join
+    # Figures that are not measurements of this model: a dry-run search's stand-in FD loss, and a throughput
+    # predicted from a latency table and not measured since (search.measured_throughput).
+    fd_loss_surrogate: bool = False
+    throughput_predicted: bool = False
 
     @property
     def search(self) -> dict[str, Any]:
@@ -199,6 +205,27 @@ def _uses_random_teacher(data: dict[str, Any]) -> bool:
     return any(isinstance(t, dict) and t.get("random") for t in teachers)
 
 
+def _fd_loss_is_surrogate(data: dict[str, Any]) -> bool:
+    """A ``zoo search run --dry-run`` trial: its FD loss is the space's surrogate (``fd_loss_source: surrogate``)."""
+    search = data.get("search") if isinstance(data.get("search"), dict) else {}
+    return SURROGATE in (data.get("fd_loss_source"), search.get("fd_loss_source"))
+
+
+def _throughput_is_predicted(data: dict[str, Any]) -> bool:
+    """A throughput predicted from a latency table (``throughput.source: predicted``) and not measured since.
+
+    A measurement replaces the throughput block (``source: measured``) and sets ``search.measured_throughput``.
+    """
+    throughput = data.get("throughput")
+    if not isinstance(throughput, dict):
+        return False
+    search = data.get("search") if isinstance(data.get("search"), dict) else {}
+    source = throughput.get("source")
+    if source is None:
+        source = search.get("throughput_source")
+    return source == PREDICTED and not _is_number(search.get("measured_throughput"))
+
+
 def _check_present(data: Any, source: str) -> str:
     """The record's kind, after checking it is an object with a known kind and its required fields."""
     if not isinstance(data, dict):
@@ -251,7 +278,9 @@ def record_from_dict(data: Any, source: str) -> Record:
     metrics = flatten_metrics({k: v for k, v in data.items() if k not in NOT_METRICS})
     return Record(kind=kind, backbone=data["backbone"], source=source, env=_env_of(data["throughput"]),
                   metrics=metrics, data=data, family=data.get("family"), run_id=data.get("run_id"),
-                  random_teacher=_uses_random_teacher(data), status=data.get("status"))
+                  random_teacher=_uses_random_teacher(data), status=data.get("status"),
+                  fd_loss_surrogate=kind in RUN_KINDS and _fd_loss_is_surrogate(data),
+                  throughput_predicted=_throughput_is_predicted(data))
 
 
 # --------------------------------------------------------------------------- files
@@ -417,7 +446,7 @@ def load_study_records(storage: str, study_name: str | None = None, skip_invalid
     """
     import optuna  # imported here: optuna is slow to import and only this loader needs it
 
-    from zoo.search.study import open_storage, require_existing  # one way to open every storage URL
+    from zoo.search.study import open_storage, require_existing, trial_record  # one way to open every storage URL
 
     warn = warn or _quiet
     require_existing(storage)  # opening a missing SQLite file or journal would create an empty one
@@ -436,13 +465,21 @@ def load_study_records(storage: str, study_name: str | None = None, skip_invalid
     if study_name not in names:
         raise unknown_name("study", study_name, names)
     study = optuna.load_study(study_name=study_name, storage=opened)
+    # Front trials whose predicted throughput was measured after the search (zoo.search.fidelity.MEASURED_ATTR):
+    # their measurement replaces the prediction, as in their run folders' summary.json.
+    measured = study.user_attrs.get("zoo_measured")
     records = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         source = f"{study_name}#trial {trial.number}"
         try:
             if not isinstance(trial.user_attrs.get("record"), dict):
                 raise ConfigError(f"{source}: missing user attribute 'record'")
-            records.append(record_from_dict(_trial_record(trial.user_attrs["record"], trial.number), source))
+            _check_present(trial.user_attrs["record"], source)
+            try:
+                data = trial_record(trial, measured)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{source}: not a valid run record ({err})") from None
+            records.append(record_from_dict(_trial_record(data, trial.number), source))
         except ZooError as err:
             if not skip_invalid:
                 raise

@@ -6,7 +6,10 @@ is drawn as plain text: matplotlib's mathtext never parses it
 parsed) and the HTML page escapes it and never typesets math. When a group
 holds several kinds of records (distillation runs beside search trials),
 each kind gets its own marker and colour in the legend; the front is drawn
-over all of them.
+over all of them. Figures that are not measurements of the model are marked
+everywhere (label mark, table note, row field, legend entry, caption line):
+a dry-run search trial's surrogate FD loss (§) and a throughput predicted
+from a latency table (≈), as distillations from random teachers are (†).
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from typing import Any, Iterable, Sequence
 from zoo.errors import ConfigError, ZooError
 from zoo.pareto.front import Analysis, Group, Row
 from zoo.pareto.metrics import THROUGHPUT, Objective, format_value, metric_label, short_label
-from zoo.pareto.records import KIND_BENCH, KIND_SEARCH_TRIAL
+from zoo.pareto.records import KIND_BENCH, KIND_SEARCH_TRIAL, Record
 from zoo.pareto.versus import log_axis
 
 FRONT_MARK = "★"
 RANDOM_TEACHER_MARK = "†"
+SURROGATE_MARK = "§"  # FD loss from `zoo search run --dry-run`'s surrogate, not a distillation
+PREDICTED_MARK = "≈"  # throughput predicted from a latency table, not measured
 LABEL_ALL_UP_TO = 40  # points per panel; above this, only labels that fit are drawn (plus the front's)
 HOVER_METRICS = (THROUGHPUT, "fd_loss", "params_m", "gmacs", "knn_top1", "zeroshot_top1")
 
@@ -54,8 +59,52 @@ def kind_style(kind: str) -> KindStyle:
     return KIND_STYLES.get(kind, OTHER_KIND)
 
 
+@dataclass(frozen=True)
+class CaveatStyle:
+    """The ring drawn around points whose figure is not a measurement, and its legend entry."""
+
+    legend: str
+    marker: str  # matplotlib (drawn hollow)
+    symbol: str  # plotly
+    color: str  # matplotlib colour; plotly takes the same CSS name after "tab:"
+    size: int
+
+
+SURROGATE_STYLE = CaveatStyle(f"{SURROGATE_MARK} FD loss: dry-run surrogate", "o", "circle-open", "tab:purple", 16)
+PREDICTED_STYLE = CaveatStyle(f"{PREDICTED_MARK} throughput: predicted", "s", "square-open", "tab:brown", 19)
+
+
+def record_marks(record: Record) -> str:
+    """``†`` random teacher, ``§`` surrogate FD loss, ``≈`` predicted throughput: appended to the record's label."""
+    return ((RANDOM_TEACHER_MARK if record.random_teacher else "") + (SURROGATE_MARK if record.fd_loss_surrogate else "")
+            + (PREDICTED_MARK if record.throughput_predicted else ""))
+
+
 def point_label(row: Row) -> str:
-    return row.label + (RANDOM_TEACHER_MARK if row.record.random_teacher else "")
+    return row.label + record_marks(row.record)
+
+
+def _points(n: int) -> str:
+    return f"{n} point{'s' if n != 1 else ''}"
+
+
+def caveats(analysis: Analysis | Group) -> list[str]:
+    """Caption lines for figures that are not measurements (an analysis's, or one group's, ranked rows)."""
+    lines = []
+    if analysis.surrogate_points:
+        lines.append(f"{SURROGATE_MARK} FD loss of {_points(analysis.surrogate_points)} is the dry-run surrogate, "
+                     "not a distillation")
+    if analysis.predicted_points:
+        lines.append(f"{PREDICTED_MARK} throughput of {_points(analysis.predicted_points)} is predicted from a "
+                     "latency table, not measured")
+    return lines
+
+
+def _caveat_series(group: Group) -> list[tuple[list[Row], CaveatStyle]]:
+    rows = group.ranked
+    series = [([r for r in rows if r.record.fd_loss_surrogate], SURROGATE_STYLE),
+              ([r for r in rows if r.record.throughput_predicted], PREDICTED_STYLE)]
+    return [(part, style) for part, style in series if part]
 
 
 # --------------------------------------------------------------------------- data
@@ -75,6 +124,7 @@ def rows_as_dicts(analysis: Analysis) -> list[dict[str, Any]]:
                 "group": group.index, "label": row.label, "backbone": r.backbone, "family": r.family,
                 "kind": r.kind, "run_id": r.run_id, "trial_number": r.trial_number, "source": r.source,
                 "on_front": row.on_front, "missing": list(row.missing), "random_teacher": r.random_teacher,
+                "fd_loss_surrogate": r.fd_loss_surrogate, "throughput_predicted": r.throughput_predicted,
                 "status": r.status, "throughput_source": r.throughput_source, "env": r.env.to_dict(),
                 "objectives": {o.name: _json_number(v) for o, v in zip(analysis.objectives, row.values)},
                 "metrics": {k: _json_number(v) for k, v in sorted(r.metrics.items())},
@@ -88,9 +138,11 @@ def to_json(analysis: Analysis) -> str:
         "throughput_from": analysis.throughput_from,
         "groups": [{"group": g.index, "environment": g.describe(), "envs": [e.to_dict() for e in g.envs],
                     "kinds": g.kinds, "front": [row.label for row in g.front], "notes": g.notes,
+                    "surrogate_points": g.surrogate_points, "predicted_points": g.predicted_points,
                     **(g.versus.to_dict() if g.versus is not None else {})}
                    for g in analysis.groups],
         "notes": analysis.notes,
+        "caveats": caveats(analysis),
         "rows": rows_as_dicts(analysis),
     }
     return json.dumps(payload, indent=2) + "\n"
@@ -109,7 +161,7 @@ def to_csv(analysis: Analysis) -> str:
     rows = rows_as_dicts(analysis)
     metric_names = sorted({name for row in rows for name in row["metrics"]})
     head = ["group", "on_front", "label", "backbone", "family", "kind", "run_id", "trial_number", "random_teacher",
-            "status", "device", "device_name", "resolution", "dtype", "batch_size", "compile", "threads",
+            "fd_loss_surrogate", "throughput_predicted", "status", "device", "device_name", "resolution", "dtype", "batch_size", "compile", "threads",
             "throughput_source", "missing", "source"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -282,6 +334,9 @@ def _scatter_png(ax, group: Group) -> None:
                        label=name, zorder=3)
         else:
             ax.scatter(xs, ys, s=28, marker=style.marker, color=style.color, alpha=0.45, label=name, zorder=2)
+    for rows, caveat in _caveat_series(group):
+        ax.scatter([r.values[0] for r in rows], [r.values[1] for r in rows], s=caveat.size ** 2, marker=caveat.marker,
+                   facecolors="none", edgecolors=caveat.color, linewidths=1.2, label=caveat.legend, zorder=4)
 
 
 def plot_png(analysis: Analysis, title: str | None = None, dpi: int = 150) -> bytes:
@@ -325,6 +380,8 @@ def plot_png(analysis: Analysis, title: str | None = None, dpi: int = 150) -> by
         for text in legend.get_texts():
             text.set_parse_math(False)
     fig.suptitle(figure_title(analysis, title), fontsize=11, parse_math=False)
+    if caveats(analysis):  # under the panels, one line per kind of unmeasured figure
+        fig.supxlabel("\n".join(caveats(analysis)), fontsize=8, color="0.25", parse_math=False)
     canvas.draw()  # final layout before measuring label boxes
     fig.set_layout_engine("none")  # freeze it: labels must not move the axes they were placed on
     renderer = canvas.get_renderer()
@@ -357,6 +414,10 @@ def _hover_text(row: Row, analysis: Analysis) -> str:
         lines.append(f"throughput from {escape(r.throughput_source)}")
     if r.random_teacher:
         lines.append("random teacher")
+    if r.fd_loss_surrogate:
+        lines.append(f"{SURROGATE_MARK} FD loss: the dry-run surrogate, not a distillation")
+    if r.throughput_predicted:
+        lines.append(f"{PREDICTED_MARK} throughput: predicted from a latency table, not measured")
     return "<br>".join(lines)
 
 
@@ -391,6 +452,13 @@ def plot_html(analysis: Analysis, title: str | None = None) -> str:
                 textposition="top center", hovertext=[_hover_text(r, analysis) for r in part],
                 hoverinfo="text", name=f"{name} [{group.index}]", marker=_plotly_marker(on_front, style),
             ), row=i, col=1)
+        for part, caveat in _caveat_series(group):
+            fig.add_trace(go.Scatter(
+                x=[r.values[0] for r in part], y=[r.values[1] for r in part], mode="markers", hoverinfo="skip",
+                name=f"{caveat.legend} [{group.index}]",
+                marker=dict(symbol=caveat.symbol, size=caveat.size + 4, color=caveat.color.removeprefix("tab:"),
+                            line=dict(width=1.5)),
+            ), row=i, col=1)
         fx, fy, where = _front_line(rows, analysis.objectives)
         if len(fx) > 1:
             fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines", line_shape="vh" if where == "pre" else "hv",
@@ -400,7 +468,9 @@ def plot_html(analysis: Analysis, title: str | None = None) -> str:
                          type="log" if _use_log(x, (r.values[0] for r in rows)) else "linear")
         fig.update_yaxes(title_text=escape(axis_title(y)), row=i, col=1,
                          type="log" if _use_log(y, (r.values[1] for r in rows)) else "linear")
-    fig.update_layout(title=escape(figure_title(analysis, title)), height=480 * len(groups) + 80,
-                      template="plotly_white")
+    lines = caveats(analysis)
+    heading = escape(figure_title(analysis, title)) + "".join(f"<br><sup>{escape(line)}</sup>" for line in lines)
+    fig.update_layout(title=heading, height=480 * len(groups) + 80 + 20 * len(lines), template="plotly_white",
+                      margin=dict(t=100 + 20 * len(lines)))
     # typesetMath off: a "$...$" in a label stays text even on a page that loads MathJax.
     return fig.to_html(include_plotlyjs=True, full_html=True, config={"typesetMath": False})
