@@ -1,9 +1,10 @@
 """How well does the stage latency table predict whole E-RADIO networks on this machine?
 
 Builds (or reuses) the latency table of :mod:`zoo.search.latency` for one
-environment, fits its overhead on ``--fit-models`` random candidates of the
-search space measured end to end with :mod:`zoo.bench`, then measures
-``--held-out`` other random candidates end to end and compares: the mean
+environment, fits its per-kind coefficients and overhead on ``--fit-models``
+candidates of the search space spanning its widths (profiled end to end and
+stage by stage in context), then measures ``--held-out`` other, random,
+candidates end to end (disjoint from the fit models) and compares: the mean
 absolute percentage deviation (MAPD) and the share of models predicted
 within +-10 % (nn-Meter's accuracy metric). Also printed: the cost of the
 table (stages timed, seconds) against the cost of measuring every held-out
@@ -13,7 +14,7 @@ search needs is the order).
     python benchmarks/latency_table.py                                   # 64 px, batch 1, 1 thread
     python benchmarks/latency_table.py --resolution 224 --batch 8 --held-out 20
     python benchmarks/latency_table.py --limit dim=32,48,64 --fit-models 6
-    python benchmarks/latency_table.py --clock cpu      # on a machine shared with other jobs
+    python benchmarks/latency_table.py --clock cpu --seed 1   # on a machine shared with other jobs
 
 The table goes to a temporary folder unless ``--folder`` is given (the
 search's default folder is ``~/.cache/zoo/latency``).
@@ -29,8 +30,13 @@ import time
 import warnings
 
 import torch
-
-from zoo.search.latency import LatencySettings, LatencyTable, stage_entries
+from zoo.search.latency import (
+    KINDS,
+    LatencySettings,
+    LatencyTable,
+    fit_candidates,
+    stage_entries,
+)
 from zoo.search.space import make_space, parse_limits
 
 
@@ -50,7 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32")
-    parser.add_argument("--fit-models", type=int, default=5)
+    parser.add_argument("--fit-models", type=int, default=6)
     parser.add_argument("--held-out", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="calls per timed repeat")
@@ -68,8 +74,10 @@ def main() -> None:
 
     space = make_space("eradio", (args.resolution,), parse_limits(args.limit) or None)
     rng = random.Random(args.seed)
-    candidates = [space.params_to_candidate(space.random_params(rng)) for _ in range(args.fit_models + args.held_out)]
-    fit_set, held_out = candidates[:args.fit_models], candidates[args.fit_models:]
+    held_out = [space.params_to_candidate(space.random_params(rng)) for _ in range(args.held_out)]
+    fit_set = fit_candidates(space, args.fit_models, rng, exclude=[c.key() for c in held_out])
+    assert not {c.key() for c in fit_set} & {c.key() for c in held_out}
+    candidates = fit_set + held_out
     settings = LatencySettings(resolution=args.resolution, batch_size=args.batch, dtype=args.dtype, device=args.device,
                                threads=args.threads, warmup=args.warmup, repeats=args.repeats,
                                steps_per_repeat=args.steps, clock=args.clock)
@@ -92,10 +100,15 @@ def main() -> None:
     print(f"table: {len(stages)} stage configurations timed in {table_seconds:.1f} s "
           f"(~{sum(len(stage_entries(c.config, args.resolution)) for c in candidates) / len(candidates):.0f} "
           f"stages per network)")
-    print(f"fit on {len(fit_set)} models ({fit_seconds:.1f} s): latency = {fit.scale:.3f} x stage sum + "
-          f"{fit.overhead_ms:.3f} ms")
+    widths = sorted(c.config.dim for c in fit_set)
+    terms = " + ".join(f"{fit.coefficient(kind):.2f} {kind}" for kind in KINDS)
+    print(f"fit on {len(fit_set)} models, widths {widths} ({fit_seconds:.1f} s): latency = {terms} "
+          f"+ {fit.overhead_ms:.3f} ms")
+    for model in fit.models:
+        print(f"  fit {model['key']}: measured {model['measured_ms']:8.3f} ms, table sum {model['sum_ms']:8.3f} ms, "
+              f"in context {sum(model['context'].values()):8.3f} ms")
     for row in check.rows:
-        print(f"  {row['key']}: predicted {row['predicted_ms']:8.3f} ms, measured {row['measured_ms']:8.3f} ms, "
+        print(f"  held-out {row['key']}: predicted {row['predicted_ms']:8.3f} ms, measured {row['measured_ms']:8.3f} ms, "
               f"deviation {100 * row['deviation']:+6.1f}%")
     print(check.line())
     predicted = [r["predicted_ms"] for r in check.rows]

@@ -12,13 +12,18 @@ stages. An E-RADIO network is (:mod:`eradio.model`)::
 
 so the table holds one entry per stage configuration (:func:`stage_entries`
 lists a candidate's, with how many times each runs), each timed on inputs of
-the shape it sees at the table's resolution and batch. The predictor is
-``latency = scale x sum(stages) + overhead``, ``scale`` and ``overhead``
-fitted by least squares on a few end-to-end :mod:`zoo.bench` measurements
-of full models (what stage-wise timing misses: Python dispatch between
-modules, caches warm across stages). :meth:`LatencyTable.validate` compares
-predictions with end-to-end measurements of held-out models: the mean absolute
-percentage deviation and the share within +-10 % (nn-Meter's metric).
+the shape it sees at the table's resolution and batch. The predictor is one
+coefficient per stage kind (stem, C2f, down-sampling, MRA, window attention,
+norm + pooling, neck) times that kind's summed table time, plus an overhead
+(:class:`Fit`). The coefficients come from a few full models *profiled in
+context*: each timed end to end and, in the same time window, each of its
+stages inside the network (forward hooks), so every fit model gives one
+equation per kind (in-context over isolated time) instead of one for the
+whole network, and a kind whose isolated timing is off (small stages
+dominated by Python dispatch, stages whose weights stay cached) gets its own
+correction. :meth:`LatencyTable.validate` compares predictions with
+end-to-end measurements of held-out models: the mean absolute percentage
+deviation and the share within +-10 % (nn-Meter's metric).
 
 A table is valid for one environment only: device (and its name), torch
 version, threads, resolution, batch, dtype. It is stored as one JSON file
@@ -44,7 +49,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from zoo.errors import ConfigError, ZooError
 
-TABLE_FORMAT = 1
+# 2: per-kind coefficients fitted from in-context profiles; on the cpu clock every call is a sample (the minimum
+# is kept). Part of the environment, so a table of format 1 has another file name and is simply measured anew.
+TABLE_FORMAT = 2
 TABLE_KIND = "latency-table"
 DTYPES = ("fp32", "bf16", "fp16")
 CLOCKS = ("wall", "cpu")
@@ -54,6 +61,12 @@ WITHIN = 0.10  # nn-Meter's accuracy metric: share of models predicted within +-
 # the cache runs faster than it does in the model (measured: 1.6-1.8x for 2 MB blocks on this CPU).
 COPIES = 4
 DEFAULT_FIT_MODELS = 4
+# The stage kinds that get their own coefficient (a window stage's partition counts as window attention).
+KINDS = ("stem", "c2f", "down", "mra", "window", "head", "neck")
+KIND_OF = {"partition": "window"}
+# The E-RADIO modules whose in-context time is each kind's (attributes of eradio.ERadio).
+MODULE_KINDS = {"stem": "stem", "stage1": "c2f", "down1": "down", "stage2": "c2f", "down2": "down", "stage3": "mra",
+                "down3": "down", "stage4": "window", "norm": "head", "neck": "neck"}
 
 
 def default_folder() -> Path:
@@ -149,6 +162,7 @@ def environment(settings: LatencySettings) -> dict[str, Any]:
         "fuse": False,
         "clock": settings.clock,
         "copies": COPIES,
+        "format": TABLE_FORMAT,
     }
 
 
@@ -336,12 +350,25 @@ def _timing_runtime(settings: LatencySettings) -> Iterator[Any]:
 
 
 def time_call(call: Callable[[], Any], settings: LatencySettings, device: Any) -> list[float]:
-    """Milliseconds per call of each timed repeat (after ``warmup`` untimed calls), on the settings' clock."""
+    """Milliseconds per call, after ``warmup`` untimed calls, on the settings' clock.
+
+    Wall clock: one value per repeat (the mean of ``steps_per_repeat`` calls), as :mod:`zoo.bench`. CPU
+    clock: every call is a value (``repeats x steps_per_repeat`` of them): a single call is more likely
+    to run between two of the scheduler's switches to other jobs, so the minimum over single calls is
+    steadier on a shared machine than the minimum over means of several (measured: 4 % spread instead
+    of 10-20 % between runs minutes apart).
+    """
     clock = time.process_time if settings.clock == "cpu" else time.perf_counter
     for _ in range(settings.warmup):
         call()
     _synchronize(device)
     values = []
+    if settings.clock == "cpu":
+        for _ in range(settings.repeats * settings.steps_per_repeat):
+            start = clock()
+            call()
+            values.append((clock() - start) * 1000.0)
+        return values
     for _ in range(settings.repeats):
         _synchronize(device)
         start = clock()
@@ -354,8 +381,63 @@ def time_call(call: Callable[[], Any], settings: LatencySettings, device: Any) -
 
 def summarise(values: Sequence[float], settings: LatencySettings) -> float:
     """One figure per timing: the median on the wall clock (as :mod:`zoo.bench`); the minimum on the cpu
-    clock, whose noise only adds (a busy sibling hyper-thread, cache pollution by other jobs)."""
+    clock, whose noise only adds (time slices shared with other jobs refill the caches)."""
     return min(values) if settings.clock == "cpu" else statistics.median(values)
+
+
+def profile_model(model: Any, x: Any, settings: LatencySettings, device: Any) -> tuple[float, dict[str, float]]:
+    """``(total_ms, {kind: ms})`` of an :class:`eradio.ERadio` ``model`` (or a wrapper holding one as
+    ``.model``) on ``x``: its end-to-end time and each stage kind's time *inside* the network.
+
+    Plain calls and calls with forward hooks on the stage modules alternate, so both see the same load
+    of the machine; each figure is summarised over its own calls (:func:`summarise`). Hooked calls
+    never count towards the total.
+    """
+    network = getattr(model, "model", model)
+    clock = time.process_time if settings.clock == "cpu" else time.perf_counter
+    modules = [(name, getattr(network, name, None)) for name in MODULE_KINDS]
+    modules = [(name, module) for name, module in modules if module is not None]
+    started: dict[str, float] = {}
+    parts: dict[str, float] = {}
+
+    def before(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: Any) -> None:
+            _synchronize(device)
+            started[name] = clock()
+        return hook
+
+    def after(name: str) -> Callable[..., None]:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            _synchronize(device)
+            parts[name] = parts.get(name, 0.0) + (clock() - started[name]) * 1000.0
+        return hook
+
+    def hooked_call() -> dict[str, float]:
+        handles = []
+        for name, module in modules:
+            handles += [module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name))]
+        parts.clear()
+        try:
+            model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        kinds: dict[str, float] = {}
+        for name, ms in parts.items():
+            kinds[MODULE_KINDS[name]] = kinds.get(MODULE_KINDS[name], 0.0) + ms
+        return kinds
+
+    for _ in range(settings.warmup):
+        model(x)
+    plain = replace(settings, warmup=0, repeats=1)
+    totals: list[float] = []
+    samples: dict[str, list[float]] = {}
+    for _ in range(settings.repeats):
+        totals += time_call(lambda: model(x), plain, device)
+        for _ in range(settings.steps_per_repeat if settings.clock == "cpu" else 1):
+            for kind, ms in hooked_call().items():
+                samples.setdefault(kind, []).append(ms)
+    return summarise(totals, settings), {kind: summarise(values, settings) for kind, values in samples.items()}
 
 
 # --------------------------------------------------------------------------- the table
@@ -363,38 +445,83 @@ def summarise(values: Sequence[float], settings: LatencySettings) -> float:
 
 @dataclass
 class Fit:
-    """``latency_ms = scale x stage_sum_ms + overhead_ms``, least squares over ``models``."""
+    """``latency_ms = sum over kinds of kinds[kind] x (the kind's table time) + overhead_ms``.
+
+    ``kinds`` holds one coefficient per stage kind (:data:`KINDS`); ``scale`` is the pooled one, for a
+    kind none of the fit ``models`` ran (a neck when no fit model had one).
+    """
 
     scale: float = 1.0
     overhead_ms: float = 0.0
-    models: list[dict[str, Any]] = field(default_factory=list)  # {"key", "sum_ms", "measured_ms"}
+    models: list[dict[str, Any]] = field(default_factory=list)  # {"key", "sum_ms", "measured_ms", "kinds", "context"}
+    kinds: dict[str, float] = field(default_factory=dict)
 
-    def predict(self, stage_sum_ms: float) -> float:
-        # A negative overhead fitted on larger models must not drive a small one's latency to zero.
-        return max(0.1 * stage_sum_ms, self.scale * stage_sum_ms + self.overhead_ms, 1e-6)
+    def coefficient(self, kind: str) -> float:
+        return self.kinds.get(kind, self.scale)
+
+    def predict(self, kind_ms: Mapping[str, float] | float) -> float:
+        """The latency of a network whose table times per kind are ``kind_ms`` (a plain stage sum: scaled alone)."""
+        if isinstance(kind_ms, Mapping):
+            stage_sum = sum(kind_ms.values())
+            total = sum(self.coefficient(kind) * ms for kind, ms in kind_ms.items()) + self.overhead_ms
+        else:
+            stage_sum, total = float(kind_ms), self.scale * float(kind_ms) + self.overhead_ms
+        # A negative overhead (noise in the fit models' glue) must not drive a small model's latency to zero.
+        return max(0.1 * stage_sum, total, 1e-6)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Fit":
+        return cls(float(data["scale"]), float(data["overhead_ms"]), list(data.get("models") or []),
+                   {str(k): float(v) for k, v in (data.get("kinds") or {}).items()})
 
 
-def least_squares(sums: Sequence[float], measured: Sequence[float],
-                  min_models_for_scale: int = 5) -> tuple[float, float]:
-    """``(scale, overhead)`` of ``latency = scale x stage_sum + overhead``.
+def fit_kinds(models: Sequence[Mapping[str, Any]]) -> Fit:
+    """The :class:`Fit` of profiled models: ``{"measured_ms": end to end, "kinds": {kind: table ms},
+    "context": {kind: in-context ms}}`` each.
 
-    With fewer than ``min_models_for_scale`` models only the overhead is fitted (scale 1), as the median
-    residual: a line through 3-4 noisy end-to-end timings swings wildly (one contended measurement tilts
-    it), while the stage sum already carries the scale. With more, ordinary least squares on both,
-    unless it gives a scale outside [0.5, 2] (then noise dominates and the overhead alone is kept).
+    Two steps. Each kind's coefficient is the median over the models that run it of (in-context /
+    table time): every fit model is an equation per kind, and one model measured while the machine
+    was busy moves no median. Then the end-to-end times against the in-context stage sums, taken in
+    the same time window (so free of the drift between the table's timing and the fit's):
+    ``end to end = alpha x in-context sum + overhead``, what lies between the stages (Python dispatch,
+    the wrapper's input checks: a constant) and what a long call pays on a shared CPU (cut by the
+    scheduler more often: proportional). That line is fitted on ratios (end to end / in-context sum
+    against 1 / in-context sum), so small and large models weigh alike, by Theil-Sen (median of
+    pairwise slopes), robust to a contended timing. ``alpha`` multiplies the per-kind coefficients.
     """
-    n = len(sums)
-    if n == 0:
+    if not models:
+        return Fit()
+    ratios: dict[str, list[float]] = {}
+    pooled = []
+    for model in models:
+        table, context = model["kinds"], model["context"]
+        shared = [kind for kind in table if table[kind] > 0 and context.get(kind, 0.0) > 0]
+        for kind in shared:
+            ratios.setdefault(kind, []).append(context[kind] / table[kind])
+        if shared:
+            pooled.append(sum(context[k] for k in shared) / sum(table[k] for k in shared))
+    scale = statistics.median(pooled) if pooled else 1.0
+    kinds = {kind: statistics.median(values) for kind, values in sorted(ratios.items())}
+    alpha, overhead = _theil_sen_ratio([sum(m["context"].values()) for m in models],
+                                       [float(m["measured_ms"]) for m in models])
+    return Fit(round(alpha * scale, 6), round(overhead, 6), [dict(m) for m in models],
+               {kind: round(alpha * value, 6) for kind, value in kinds.items()})
+
+
+def _theil_sen_ratio(estimates: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """``(alpha, overhead)`` of ``measured = alpha x estimate + overhead``, fitted as ``measured / estimate
+    = alpha + overhead x (1 / estimate)`` by Theil-Sen; the overhead is kept >= 0 (a negative one is noise)
+    and alpha within [0.5, 2] (else alpha 1 and the median residual)."""
+    points = [(1.0 / e, m / e) for e, m in zip(estimates, measured) if e > 0]
+    if not points:
         return 1.0, 0.0
-    overhead_only = (1.0, statistics.median(m - s for s, m in zip(sums, measured)))
-    mean_s, mean_m = statistics.fmean(sums), statistics.fmean(measured)
-    var = sum((s - mean_s) ** 2 for s in sums)
-    if n < min_models_for_scale or var <= 1e-12 * max(1.0, mean_s ** 2):
-        return overhead_only
-    scale = sum((s - mean_s) * (m - mean_m) for s, m in zip(sums, measured)) / var
-    if not 0.5 <= scale <= 2.0:
-        return overhead_only
-    return scale, mean_m - scale * mean_s
+    slopes = [(y2 - y1) / (u2 - u1) for i, (u1, y1) in enumerate(points) for u2, y2 in points[i + 1:]
+              if abs(u2 - u1) > 1e-12]
+    overhead = max(0.0, statistics.median(slopes)) if slopes else 0.0
+    alpha = statistics.median(y - overhead * u for u, y in points)
+    if not 0.5 <= alpha <= 2.0:
+        return 1.0, statistics.median(m - e for e, m in zip(estimates, measured))
+    return alpha, overhead
 
 
 @dataclass
@@ -453,7 +580,10 @@ class LatencyTable:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ZooError(f"latency table {self.path} is unreadable ({type(err).__name__}); delete it to "
                            "measure again") from None
-        if not isinstance(data, dict) or data.get("kind") != TABLE_KIND or data.get("format") != TABLE_FORMAT:
+        if isinstance(data, dict) and data.get("kind") == TABLE_KIND and data.get("format") != TABLE_FORMAT:
+            raise ZooError(f"latency table {self.path} has format {data.get('format')!r}, this zoo reads format "
+                           f"{TABLE_FORMAT}; delete it to measure again")
+        if not isinstance(data, dict) or data.get("kind") != TABLE_KIND:
             raise ZooError(f"{self.path} is not a zoo latency table (format {TABLE_FORMAT}); delete it or pick "
                            "another folder")
         if data.get("environment") != self.env:
@@ -470,8 +600,7 @@ class LatencyTable:
         for key, entry in (data.get("entries") or {}).items():
             self.entries.setdefault(key, entry)
         if data.get("fit") and self.fit is None:
-            fit = data["fit"]
-            self.fit = Fit(float(fit["scale"]), float(fit["overhead_ms"]), list(fit.get("models") or []))
+            self.fit = Fit.from_dict(data["fit"])
 
     def to_dict(self) -> dict[str, Any]:
         from zoo.runs import now_utc
@@ -533,33 +662,52 @@ class LatencyTable:
             self.save()
         return len(todo)
 
-    def stage_sum_ms(self, config: Any, measure: bool = True) -> float:
-        """Sum of the config's stage latencies (measuring missing ones first unless ``measure`` is False)."""
+    def kind_ms(self, config: Any, measure: bool = True) -> dict[str, float]:
+        """The config's table time per stage kind (measuring missing stages first unless ``measure`` is False)."""
         stages = self.stages(config)
         if measure:
             self.measure([s for s, _ in stages])
         missing = [s.key for s, _ in stages if s.key not in self.entries]
         if missing:
             raise ZooError(f"latency table {self.path} lacks {len(missing)} stage(s), e.g. {missing[0]}")
-        return sum(self.entries[s.key]["ms"] * count for s, count in stages)
+        kinds: dict[str, float] = {}
+        for stage, count in stages:
+            kind = KIND_OF.get(stage.kind, stage.kind)
+            kinds[kind] = kinds.get(kind, 0.0) + self.entries[stage.key]["ms"] * count
+        return kinds
+
+    def stage_sum_ms(self, config: Any, measure: bool = True) -> float:
+        """Sum of the config's stage latencies (measuring missing ones first unless ``measure`` is False)."""
+        return sum(self.kind_ms(config, measure).values())
 
     # ------------------------------------------------------------------ prediction
 
     def predict_ms(self, config: Any) -> float:
         """Predicted end-to-end latency (ms per batch); the plain stage sum until a fit exists."""
-        total = self.stage_sum_ms(config)
-        return self.fit.predict(total) if self.fit is not None else total
+        kinds = self.kind_ms(config)
+        return self.fit.predict(kinds) if self.fit is not None else sum(kinds.values())
 
     def predict_throughput(self, config: Any) -> float:
         """Predicted images per second at the table's batch size."""
         return self.settings.batch_size * 1000.0 / self.predict_ms(config)
 
+    def _build_model(self, config: Any, name: str) -> Any:
+        from zoo.search.space import Candidate
+
+        return Candidate("eradio", config, self.settings.resolution).build(name=name)  # as the search measures
+
+    def _bench_ms(self, model: Any, name: str) -> float:
+        from zoo.bench import bench_model
+
+        result = bench_model(model, self.settings.bench_settings(), name=name, family="eradio")
+        if int(result.throughput["batch_size"]) != self.settings.batch_size:
+            raise ZooError(f"{name} did not fit at batch {self.settings.batch_size} on {self.settings.device}")
+        return self.settings.batch_size * 1000.0 / float(result.throughput["median"])
+
     def measure_model_ms(self, config: Any, name: str = "model") -> float:
         """End-to-end latency (ms per batch) of the full network as the search builds it: measured with
         :mod:`zoo.bench` on the wall clock, with the table's own timer on the cpu clock."""
-        from zoo.search.space import Candidate
-
-        model = Candidate("eradio", config, self.settings.resolution).build(name=name)  # as the search measures
+        model = self._build_model(config, name)
         if self.settings.clock == "cpu":
             import torch
 
@@ -568,26 +716,38 @@ class LatencyTable:
                 x = torch.randn(self.settings.batch_size, 3, self.settings.resolution, self.settings.resolution,
                                 device=device)
                 return summarise(time_call(lambda: model(x), self.settings, device), self.settings)
-        from zoo.bench import bench_model
+        return self._bench_ms(model, name)
 
-        result = bench_model(model, self.settings.bench_settings(), name=name, family="eradio")
-        if int(result.throughput["batch_size"]) != self.settings.batch_size:
-            raise ZooError(f"{name} did not fit at batch {self.settings.batch_size} on {self.settings.device}")
-        return self.settings.batch_size * 1000.0 / float(result.throughput["median"])
+    def profile_config(self, config: Any, name: str = "model") -> tuple[float, dict[str, float]]:
+        """``(end-to-end ms, {kind: in-context ms})`` of the full network (:func:`profile_model`); on the wall
+        clock the end-to-end figure is :mod:`zoo.bench`'s, as :meth:`measure_model_ms`."""
+        import torch
+
+        model = self._build_model(config, name)
+        with _timing_runtime(self.settings) as device:
+            model.to(device).eval()
+            x = torch.randn(self.settings.batch_size, 3, self.settings.resolution, self.settings.resolution,
+                            device=device)
+            total, context = profile_model(model, x, self.settings, device)
+        if self.settings.clock != "cpu":
+            total = self._bench_ms(model, name)
+        return total, context
 
     def _fit(self, configs: Sequence[Any], keys: Sequence[str] | None) -> Fit:
         self.measure(self.missing(configs), save=False)
         models = []
         for index, config in enumerate(configs):
             key = keys[index] if keys else f"model-{index}"
-            stage_sum = self.stage_sum_ms(config, measure=False)
-            measured = self.measure_model_ms(config, key)
-            models.append({"key": key, "sum_ms": round(stage_sum, 6), "measured_ms": round(measured, 6)})
-        scale, overhead = least_squares([m["sum_ms"] for m in models], [m["measured_ms"] for m in models])
-        return Fit(round(scale, 6), round(overhead, 6), models)
+            kinds = self.kind_ms(config, measure=False)
+            measured, context = self.profile_config(config, key)
+            models.append({"key": key, "sum_ms": round(sum(kinds.values()), 6), "measured_ms": round(measured, 6),
+                           "kinds": {k: round(v, 6) for k, v in kinds.items()},
+                           "context": {k: round(v, 6) for k, v in context.items()}})
+        return fit_kinds(models)
 
     def fit_overhead(self, configs: Sequence[Any], keys: Sequence[str] | None = None) -> Fit:
-        """Measure ``configs`` end to end and fit ``scale`` and ``overhead`` to them (replacing the table's fit)."""
+        """Profile ``configs`` (end to end and stage by stage in context) and fit the per-kind coefficients
+        and the overhead to them (replacing the table's fit). Give models that span the space's widths."""
         from zoo.atomic import atomic_write_json
 
         with _locked(self.path):
@@ -625,7 +785,7 @@ class LatencyTable:
         """What a trial record says about where its predicted throughput came from."""
         return {"path": str(self.path), "fingerprint": fingerprint(self.env), "entries": len(self.entries),
                 "fit": None if self.fit is None else {"scale": self.fit.scale, "overhead_ms": self.fit.overhead_ms,
-                                                      "models": len(self.fit.models)}}
+                                                      "kinds": dict(self.fit.kinds), "models": len(self.fit.models)}}
 
 
 @contextmanager
@@ -657,6 +817,32 @@ def predicted_throughput_record(table: LatencyTable, config: Any) -> dict[str, A
         "device_name": env["device_name"], "threads": env["threads"], "batch_size": table.settings.batch_size,
         "resolution": [table.settings.resolution] * 2, "dtype": table.settings.dtype, "channels_last": False,
         "compile": False, "fuse": False, "latency_table": table.describe()}
+
+
+def fit_candidates(space: Any, count: int, rng: Any, resolution: int | None = None,
+                   exclude: Iterable[str] = (), pool: int = 20) -> list[Any]:
+    """``count`` random candidates of ``space`` that span its widths, for a table's fit.
+
+    A handful drawn uniformly often misses the widest or narrowest networks, where stage timings are
+    furthest off (weights that no longer stay in the caches; Python dispatch that dominates); drawn
+    ``pool`` times as many, sorted by base width, and taken evenly from narrowest to widest, they cover
+    the range. ``exclude``: candidate keys not to take (held-out models); ``resolution``: only those.
+    """
+    if count < 1:
+        return []
+    skip, found = set(exclude), {}
+    for _ in range(pool * count * 10):
+        candidate = space.params_to_candidate(space.random_params(rng))
+        if candidate.key() in skip or (resolution is not None and candidate.resolution != resolution):
+            continue
+        found.setdefault(candidate.key(), candidate)
+        if len(found) >= pool * count:
+            break
+    ordered = sorted(found.values(), key=lambda c: (getattr(c.config, "dim", 0), c.key()))
+    if len(ordered) <= count:
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (count - 1))] for i in range(count)] if count > 1 else \
+        [ordered[len(ordered) // 2]]
 
 
 def relative_error(predicted: float, measured: float) -> float:

@@ -5,16 +5,32 @@ from __future__ import annotations
 
 import json
 import random
+import time
 
 import pytest
 import torch
+from zoo.search.latency import (
+    TABLE_FORMAT,
+    Fit,
+    LatencySettings,
+    LatencyTable,
+    Stage,
+    Validation,
+    build_stage,
+    environment,
+    fingerprint,
+    fit_candidates,
+    fit_kinds,
+    predicted_throughput_record,
+    profile_model,
+    stage_entries,
+    table_path,
+)
+from zoo.search.space import make_space, parse_limits
 
 from eradio import ERadio
 from eradio.config import ERadioConfig
 from zoo.errors import ConfigError, ZooError
-from zoo.search.latency import (Fit, LatencySettings, LatencyTable, Stage, Validation, build_stage, environment,
-                                fingerprint, least_squares, predicted_throughput_record, stage_entries, table_path)
-from zoo.search.space import make_space, parse_limits
 
 RES = 64
 FAST = dict(resolution=RES, batch_size=1, threads=1, warmup=0, repeats=1, steps_per_repeat=1)
@@ -105,6 +121,13 @@ def test_a_table_of_another_environment_or_garbage_is_refused(tmp_path):
     table.path.write_text(json.dumps(data))
     with pytest.raises(ZooError, match="another environment \\(torch: '0.0.1'"):
         LatencyTable.open(settings, folder=tmp_path)
+    # a table of an older format: one line saying what to do (it has another file name, so only a path given
+    # by hand meets it)
+    assert environment(settings.resolved())["format"] == TABLE_FORMAT
+    data["environment"]["torch"] = torch.__version__
+    table.path.write_text(json.dumps({**data, "format": 1}))
+    with pytest.raises(ZooError, match="has format 1, this zoo reads format 2; delete it"):
+        LatencyTable.open(settings, folder=tmp_path)
     table.path.write_text("{not json")
     with pytest.raises(ZooError, match="unreadable"):
         LatencyTable.open(settings, folder=tmp_path)
@@ -122,15 +145,98 @@ def test_workers_merge_their_entries(tmp_path):
     assert set(merged) == {a.key, b.key}
 
 
-def test_least_squares_fit():
-    sums = [10.0, 20.0, 30.0, 40.0, 50.0]
-    measured = [1.5 * s + 4.0 for s in sums]
-    assert least_squares(sums, measured) == pytest.approx((1.5, 4.0))
-    # few models: the overhead alone, as the median residual (robust to one contended timing)
-    assert least_squares([10.0, 20.0, 30.0], [13.0, 23.0, 60.0]) == pytest.approx((1.0, 3.0))
-    # a scale that noise made absurd falls back to the overhead
-    assert least_squares(sums, [50.0, 10.0, 40.0, 20.0, 30.0])[0] == 1.0
+def _model(table, factors, glue, scale=1.0):
+    """A profiled fit model whose stages run ``factors[kind]`` times their table time in context."""
+    context = {kind: factors[kind] * ms * scale for kind, ms in table.items()}
+    return {"key": "m", "kinds": table, "context": context, "measured_ms": sum(context.values()) + glue}
+
+
+def test_fit_kinds_recovers_known_per_kind_costs():
+    factors = {"stem": 2.0, "c2f": 1.1, "down": 1.0, "mra": 1.3, "window": 0.9, "head": 3.0}
+    rng = random.Random(0)
+    models = [_model({k: rng.uniform(0.1, 50.0) for k in factors}, factors, glue=0.4) for _ in range(4)]
+    # one model measured while the machine was busy (everything 1.8x slower) moves no median
+    models.append(_model({k: rng.uniform(0.1, 50.0) for k in factors}, factors, glue=0.4, scale=1.8))
+    fit = fit_kinds(models)
+    assert fit.kinds == pytest.approx(factors)
+    assert fit.overhead_ms == pytest.approx(0.4)
+    # end-to-end times 5 % over the stages in context (long calls cut by the scheduler) plus 0.4 ms: the
+    # coefficients carry the 5 %, the overhead stays the constant
+    stretched = [{**m, "measured_ms": 1.05 * sum(m["context"].values()) + 0.4} for m in models[:4]]
+    fit_stretched = fit_kinds(stretched)
+    assert fit_stretched.kinds == pytest.approx({k: 1.05 * v for k, v in factors.items()})
+    assert fit_stretched.overhead_ms == pytest.approx(0.4)
+    # a network is each kind's table time times its coefficient, plus the overhead
+    kinds = {"stem": 1.0, "c2f": 10.0, "down": 5.0, "mra": 20.0, "window": 10.0, "head": 0.1}
+    assert fit.predict(kinds) == pytest.approx(2.0 + 11.0 + 5.0 + 26.0 + 9.0 + 0.3 + 0.4)
+    # a kind no fit model ran (no neck) gets the pooled coefficient; a plain stage sum is scaled alone
+    assert "neck" not in fit.kinds and fit.coefficient("neck") == pytest.approx(fit.scale)
+    assert 0.9 < fit.scale < 2.0
     assert Fit(2.0, 1.0).predict(3.0) == pytest.approx(7.0)
+    # a negative overhead never drives a tiny network to zero or below
+    assert Fit(1.0, -50.0, kinds={"stem": 1.0}).predict({"stem": 2.0}) == pytest.approx(0.2)
+    assert fit_kinds([]).predict({"stem": 2.0}) == pytest.approx(2.0)
+    # the fit survives its file
+    assert Fit.from_dict(json.loads(json.dumps(fit.__dict__))) == fit
+
+
+class _Spin(torch.nn.Module):
+    """Burns a known amount of CPU time per call."""
+
+    def __init__(self, ms):
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x, *rest):
+        _spin(self.ms)
+        return x
+
+
+def _spin(ms):
+    start = time.process_time()
+    while time.process_time() - start < ms / 1000.0:
+        pass
+
+
+class _Network(torch.nn.Module):
+    """Stands for an ERadio: the stage modules by name, plus 1 ms of glue between them."""
+
+    def __init__(self):
+        super().__init__()
+        for name, ms in (("stem", 1.0), ("stage1", 2.0), ("down1", 1.0), ("stage2", 3.0), ("down2", 1.0),
+                         ("stage3", 4.0), ("down3", 1.0), ("stage4", 5.0), ("norm", 0.5)):
+            setattr(self, name, _Spin(ms))
+        self.neck = None
+
+    def forward(self, x):
+        _spin(1.0)
+        for name in ("stem", "stage1", "down1", "stage2", "down2", "stage3", "down3", "stage4", "norm"):
+            x = getattr(self, name)(x)
+        return x
+
+
+def test_profile_model_times_each_kind_in_context():
+    """Stage modules are charged to their kind (both C2f stages to c2f, the three down-samplings to down)
+    and the glue between them shows only in the end-to-end time."""
+    settings = LatencySettings(**{**FAST, "clock": "cpu", "repeats": 2, "steps_per_repeat": 2})
+    total, kinds = profile_model(_Network(), torch.zeros(1), settings, torch.device("cpu"))
+    expected = {"stem": 1.0, "c2f": 5.0, "down": 3.0, "mra": 4.0, "window": 5.0, "head": 0.5}
+    assert set(kinds) == set(expected)
+    for kind, ms in expected.items():
+        assert ms <= kinds[kind] < ms + 1.0, kind  # a busy loop is never shorter; a shared CPU may add a little
+    assert 19.5 <= total < 19.5 + 3.0 and total - sum(kinds.values()) >= 0.5
+
+
+def test_fit_candidates_span_the_widths_and_skip_held_out():
+    space = make_space("eradio", (RES,))
+    held = [space.params_to_candidate(space.random_params(random.Random(5))) for _ in range(3)]
+    chosen = fit_candidates(space, 5, random.Random(7), exclude=[c.key() for c in held])
+    dims = [c.config.dim for c in chosen]
+    assert len(chosen) == 5 and dims == sorted(dims)
+    assert dims[0] <= 64 and dims[-1] >= 224  # narrowest and widest of a 100-candidate pool
+    assert not {c.key() for c in chosen} & {c.key() for c in held}
+    held_keys = {c.key() for c in fit_candidates(space, 5, random.Random(7))}
+    assert {c.key() for c in fit_candidates(space, 5, random.Random(7), exclude=held_keys)}.isdisjoint(held_keys)
 
 
 def test_validation_figures():
@@ -150,8 +256,14 @@ def test_fit_predict_and_validate_on_full_models(tmp_path):
     configs = [space.params_to_candidate(space.random_params(rng)).config for _ in range(5)]
     table = LatencyTable.open(LatencySettings(**{**FAST, "repeats": 2, "steps_per_repeat": 2}), folder=tmp_path)
     fit = table.fit_overhead(configs[:3])
-    assert len(fit.models) == 3 and fit.scale == 1.0  # three models: the overhead alone
-    assert json.loads(table.path.read_text())["fit"]["overhead_ms"] == pytest.approx(fit.overhead_ms)
+    assert len(fit.models) == 3 and set(fit.kinds) == {k for m in fit.models for k in m["kinds"]} >= {
+        "stem", "c2f", "down", "mra", "window", "head"}
+    for model in fit.models:  # every stage kind was timed inside the network too
+        assert set(model["context"]) == set(model["kinds"]) and all(v > 0 for v in model["context"].values())
+        assert 1 / 3 < sum(model["context"].values()) / model["measured_ms"] < 3
+    saved = json.loads(table.path.read_text())["fit"]
+    assert saved["overhead_ms"] == pytest.approx(fit.overhead_ms) and saved["kinds"] == pytest.approx(fit.kinds)
+    assert LatencyTable.open(table.settings, path=table.path).fit == fit
     check = table.validate(configs[3:])
     for row in check.rows:
         assert row["measured_ms"] > 0 and 1 / 3 < row["predicted_ms"] / row["measured_ms"] < 3
@@ -159,4 +271,4 @@ def test_fit_predict_and_validate_on_full_models(tmp_path):
     assert block["source"] == "predicted" and block["median"] == pytest.approx(1000.0 / table.predict_ms(configs[3]),
                                                                               rel=1e-3)
     assert block["batch_size"] == 1 and block["resolution"] == [RES, RES]
-    assert block["latency_table"]["fit"]["models"] == 3
+    assert block["latency_table"]["fit"]["models"] == 3 and block["latency_table"]["fit"]["kinds"] == fit.kinds
