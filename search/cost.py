@@ -151,31 +151,36 @@ def measure_trial_cost(candidate: Any, recipe: Any, teachers: Sequence[Any], ben
                        out_dir: str | Path = ".", steps: int = 1) -> TrialCost:
     """Time the pieces of a trial of ``candidate`` under the proxy ``recipe`` with these built ``teachers``.
 
-    The distillation step is the trainer's own: :class:`zoo.distill.model.DistillModel` (backbone, adaptor
-    heads, loss balancer) on a batch at the teachers' shared resolution, the teachers' forward first unless
-    the recipe reads a teacher cache. One warm-up step, then ``steps`` timed ones.
+    The distillation step is the one :class:`zoo.distill.model.DistillModel` takes (backbone, adaptor heads,
+    the distillation losses and their balancer; backward, AdamW) on a batch at the teachers' shared
+    resolution, after the teachers' forward unless the recipe reads a teacher cache (built here from
+    zoo.heads and zoo.losses, not zoo.distill: a preview needs no trainer). One warm-up step, then
+    ``steps`` timed ones.
     """
+    import contextlib
+
     import torch
 
     from zoo.data import shared_resolution, student_view
-    from zoo.distill.model import DistillModel, autocast_factory, amp_dtype, build_optimizer
     from zoo.flops import count_gmacs
     from zoo.heads import AdaptorHeads
-    from zoo.losses import LossBalancer, loss_term_names
+    from zoo.losses import LossBalancer, distillation_losses, loss_term_names
 
     device_ = torch.device(device)
     start = time.perf_counter()
     backbone = candidate.build()
     build_s = time.perf_counter() - start
     hw = tuple(recipe.resolution)
+    loss = recipe.loss
     cached = getattr(recipe.data, "teacher_cache", None) is not None
     shared = shared_resolution(hw, *[t.resolution for t in teachers])
     heads = AdaptorHeads(backbone.summary_dim, backbone.feature_dim, teachers)
-    terms = loss_term_names(teachers, recipe.loss.summary_weights, recipe.loss.feature_weights)
-    balancer = LossBalancer(recipe.loss.balancing, terms, backbone.summary_dim)
-    model = DistillModel(backbone, heads, balancer, recipe).to(device_).train()
-    optimizer = build_optimizer(model, recipe)
-    autocast = autocast_factory(device_, amp_dtype(recipe, device_))
+    balancer = LossBalancer(loss.balancing, loss_term_names(teachers, loss.summary_weights, loss.feature_weights),
+                            backbone.summary_dim)
+    model = torch.nn.ModuleDict({"backbone": backbone, "heads": heads, "balancer": balancer}).to(device_).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr)
+    dtype = _amp_dtype(recipe.train.amp, device_)
+    reduction = "none" if loss.balancing == "uncertainty" else "mean"
     batch = torch.rand(int(recipe.train.batch_size), 3, *shared, device=device_)
     with torch.no_grad():
         fixed_targets = {t.name: t(batch) for t in teachers}
@@ -186,10 +191,13 @@ def measure_trial_cost(candidate: Any, recipe: Any, teachers: Sequence[Any], ben
         else:
             with torch.no_grad():
                 targets = {t.name: t(batch) for t in teachers}
-        with autocast():
-            losses = model(student_view(batch, hw), targets)
+        with torch.autocast(device_.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            out = backbone(student_view(batch, hw))
+            losses = distillation_losses(heads(out), targets, loss.summary_weights, loss.feature_weights,
+                                         loss.alpha, loss.beta, reduction=reduction)
+            total, _ = balancer(losses, out[0])
         optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
+        total.backward()
         optimizer.step()
         _sync(device_)
 
@@ -239,6 +247,15 @@ def write_rate(folder: str | Path, size: int = WRITE_PROBE_BYTES) -> float:
         os.fsync(handle.fileno())
         seconds = time.perf_counter() - start
     return size / max(seconds, 1e-6)
+
+
+def _amp_dtype(mode: str, device: Any) -> Any:
+    """The training autocast dtype of recipe key ``train.amp`` (as the trainer: bf16 on CUDA by default)."""
+    import torch
+
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    return torch.float16 if mode == "fp16" else torch.bfloat16
 
 
 def _sync(device: Any) -> None:

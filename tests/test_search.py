@@ -731,3 +731,36 @@ def test_real_proxy_distillation_trial(tmp_path):
     assert trial.values == [record.throughput["median"], record.fd_loss]
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "trial.json").exists()
     assert (run_dir / "metrics.jsonl").is_file()
+
+
+# --------------------------------------------------------------------------- paper variants at a small resolution
+
+
+def test_enqueue_all_variants_at_64_px_fits_their_windows(tmp_path):
+    """At 64 px stage 3's only window is 4: the paper's 2x2 windows are queued as 4/2, not refused."""
+    result = invoke(["search", "run", "--storage", sqlite_url(tmp_path), "--n-trials", "1", "--dry-run",
+                     "--resolution", "64", *BENCH_ARGS, "--device", "cpu", "--out", str(tmp_path / "r"),
+                     "--enqueue-variants", "all", "--quiet", "--no-live"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "queued variants: eradio-xt, eradio-t" in flat
+    assert "windows 4/2 instead of the paper's 2/2 (the nearest that tile the 64 px maps)" in flat
+    study = optuna.load_study(study_name="eradio-search", storage=sqlite_url(tmp_path))
+    (first,) = completed(study)
+    assert first.user_attrs["variant"] == "eradio-xt"
+    candidate = ERadioSpace((64,)).params_to_candidate(first.params)
+    assert candidate.config == ERADIO_VARIANTS["xt"].replace(window_size=[4, 2])
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(waiting) == len(ERADIO_VARIANTS) - 1  # the rest stay queued for the next trials
+
+
+def test_variants_outside_a_narrowed_space_are_left_out_with_the_reason():
+    space = ERadioSpace((64,), limits=parse_limits(["dim=32,48"]))
+    plan = runner.plan_variants(space, ["xt", "b"])
+    assert plan.params == {} and set(plan.left_out) == {"eradio-xt", "eradio-b"}
+    assert "dim=64 is outside the search space" in plan.left_out["eradio-xt"]
+    assert plan.lines()[1] == "  eradio-xt left out: dim=64 is outside the search space (32, 48)"
+    with pytest.raises(UnknownNameError):
+        runner.plan_variants(space, ["xtt"])  # a typo is still refused
+    fitting = runner.plan_variants(ERadioSpace((128,)), ["xt"])  # 2x2 tiles 128 px maps: nothing changed
+    assert fitting.adapted == {} and fitting.lines() == ["queued variants: eradio-xt"]

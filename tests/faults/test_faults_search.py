@@ -220,3 +220,79 @@ def test_a_real_diverging_proxy_run_is_a_failed_trial(tmp_path):
     assert record.status == "diverged" and record.kind == "search-trial" and record.diverged_step is not None
     assert record.search.trial_number == 0 and record.fd_loss is None
     assert not (run_dir / "checkpoint.pt").exists()  # the last good one is of no use to a search
+
+
+# --------------------------------------------------------------------------- a refused start leaves nothing behind
+
+
+def study_names(tmp_path: Path) -> list[str]:
+    return optuna.get_all_study_names(f"sqlite:///{tmp_path / 's.db'}") if (tmp_path / "s.db").exists() else []
+
+
+def test_a_refused_start_leaves_no_study_and_the_corrected_command_runs(tmp_path, monkeypatch):
+    typo = search(tmp_path, "--dry-run", "--enqueue-variants", "xtt")  # refused before the study exists
+    assert typo.exit_code == 2 and len(error_lines(typo.output)) == 1 and "eradio-xt" in typo.output
+    assert study_names(tmp_path) == []
+    bad_teacher = search(tmp_path, "--teacher", "nosuch:tiny")  # the proxy's teachers are checked first too
+    assert bad_teacher.exit_code == 2 and len(error_lines(bad_teacher.output)) == 1
+    assert study_names(tmp_path) == []
+
+    # refused after the study was created (here: by the preview): the study goes again
+    import zoo.search.preview as preview
+
+    def refuse(*args, **kwargs):
+        raise ZooError("refused for the test")
+
+    monkeypatch.setattr(preview, "sweep_preview", refuse)
+    late = search(tmp_path, "--dry-run", "--enqueue-variants", "xt")
+    assert late.exit_code == 2 and error_lines(late.output) == ["Error: refused for the test"]
+    assert study_names(tmp_path) == []
+    monkeypatch.undo()
+    # the retry, at another resolution (a left-over study would refuse it: "another search space")
+    retry = CliRunner().invoke(cli, ["search", "run", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--n-trials", "1",
+                                     "--dry-run", "--resolution", "128", *COMMON[2:], "--out", str(tmp_path / "runs"),
+                                     "--no-live"])
+    assert retry.exit_code == 0, retry.output
+    assert study_names(tmp_path) == ["eradio-search"]
+
+
+def test_a_refused_joining_worker_keeps_the_study(tmp_path):
+    assert search(tmp_path, "--dry-run", "--no-live").exit_code == 0
+    joined = search(tmp_path, "--dry-run", "--enqueue-variants", "xtt", n_trials=2)
+    assert joined.exit_code == 2
+    study = optuna.load_study(study_name="eradio-search", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert len(study.get_trials()) == 1  # the study and its trial are untouched
+
+
+# --------------------------------------------------------------------------- zoo search best says where numbers came from
+
+
+def test_best_marks_surrogate_fd_loss_and_predicted_throughput(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    assert search(tmp_path, "--dry-run", "--no-live", "--quiet").exit_code == 0
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    best = CliRunner().invoke(cli, ["search", "best", "--storage", url, "--json"])
+    (record,) = json.loads(best.output)
+    assert record["fd_loss_source"] == "surrogate" and record["search"]["throughput_source"] == "measured"
+    table = CliRunner().invoke(cli, ["search", "best", "--storage", url])
+    assert "surrogate" in table.output and "measured" in table.output and "FD from" in table.output
+
+    # a study whose throughputs were predicted (latency table), one of them measured afterwards
+    study = optuna.create_study(study_name="pred", storage=url, directions=["maximize", "minimize"])
+    for number, (speed, loss) in enumerate([(500.0, 0.8), (300.0, 0.6)]):
+        rec = {"run_id": f"r{number}", "backbone": "b", "kind": "search-trial", "fd_loss": loss, "params_m": 1.0,
+               "throughput": {"median": speed}, "fd_loss_source": "proxy distillation",
+               "search": {"study_name": "pred", "trial_number": number, "throughput_source": "predicted",
+                          "predicted_throughput": speed}}
+        study.add_trial(create_trial(values=[speed, loss], params={"x": 0.5},
+                                     distributions={"x": FloatDistribution(0, 1)}, user_attrs={"record": rec}))
+    study.set_user_attr("zoo_measured", {"1": {"throughput": {"median": 280.0}, "predicted_throughput": 300.0}})
+    rows = json.loads(CliRunner().invoke(cli, ["search", "best", "--storage", url, "--study-name", "pred",
+                                               "--json"]).output)
+    sources = {r["search"]["trial_number"]: (r["search"]["throughput_source"], r["throughput"]["median"]) for r in rows}
+    assert sources == {0: ("predicted", 500.0), 1: ("measured", 280.0)}
+    assert all(r["fd_loss_source"] == "proxy distillation" for r in rows)
+    text = CliRunner().invoke(cli, ["search", "best", "--storage", url, "--study-name", "pred"]).output
+    assert "predicted" in text and "measured" in text and "surrogate" not in text
