@@ -559,3 +559,26 @@ def test_phi_s_statistics_live_in_the_checkpoint_and_resume_exactly(image_dir, t
     y = torch.randn(3, 96, 2, 2)
     torch.testing.assert_close(standardizer.features["dinov2"].inverse(standardizer.features["dinov2"](y)), y,
                                atol=1e-4, rtol=1e-4)
+
+
+def test_teacher_cache_folder_is_recorded_in_the_run_recipe(image_dir, tmp_path, monkeypatch):
+    """--teacher-cache DIR (relative here) goes into recipe.yaml and the checkpoint as an absolute path,
+    so the run says which cache made it, and a resumed run reads the same cache without being told."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    common = ["--recipe", "smoke", "--set", "data.source=folder", "--set", f"data.path={image_dir}",
+              "--set", "train.resolution=32", "--set", "train.batch_size=2", "--teacher", "clip:tiny@32"]
+    assert _cli(["cache", "build", *common, "--out", "caches/c", "--views", "1", "--no-progress"]).exit_code == 0
+    result = _cli(["distill", "--backbone", "resnet-18", *common, "--steps", "2", "--set", "bench.enabled=false",
+                   "--out", "runs", "--run-name", "cached", "--no-progress", "--teacher-cache", "caches/c"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "cached"
+    used = yaml.safe_load((run / "recipe.yaml").read_text())["data"]["teacher_cache"]
+    assert used and Path(used).is_absolute() and Path(used).resolve() == (tmp_path / "caches" / "c").resolve()
+    assert load_checkpoint(run / "checkpoint.pt")["recipe"]["data"]["teacher_cache"] == used
+    # Resumed for one more step without --teacher-cache: it still trains on the cache.
+    result = _cli(["distill", "--resume", "runs/cached", "--steps", "3", "--no-progress", "--offline"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and Path(summary["teacher_cache"]).resolve() == Path(used).resolve()

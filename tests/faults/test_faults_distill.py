@@ -297,3 +297,51 @@ def test_unreadable_training_images_are_counted_in_the_record(tmp_path):
     saved = json.loads((tmp_path / "runs" / "d" / "summary.json").read_text())
     assert saved["data_skipped"] == record["data_skipped"] == 2
     assert sorted(saved["data_skipped_examples"]) == ["empty.jpg", "sub/broken.png"]
+
+
+# --------------------------------------------------------------------------- a refused start says one line only
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--backbone", "vit-t16-cpe", "--set", "train.resolution=40"], "cannot take 40x40"),
+    (["--backbone", "resnet-18", "--teacher-cache", "{out}/no-cache"], "no-cache"),
+    (["--backbone", "resnet-18", "--set", "data.source=webdataset", "--set", "data.path={out}/shards"], "shard"),
+    (["--backbone", "resnet-18", "--run-name", "taken"], "already holds a run"),
+])
+def test_a_refused_start_prints_only_its_error_line(tmp_path, args, fragment):
+    # The smoke recipe's teachers are random: that warning belongs to a run that starts, never before a refusal.
+    out = tmp_path / "runs"
+    (out / "taken").mkdir(parents=True)
+    (out / "taken" / "summary.json").write_text("{}")
+    args = [a.replace("{out}", str(tmp_path)) for a in args]
+    result = _distill(*args, "--recipe", "smoke", "--set", "train.steps=1", "--set", "bench.enabled=false",
+                      "--out", str(out), "--offline", "--no-progress")
+    line = _one_line(result, 2, fragment)
+    assert result.output.strip().splitlines() == [line]
+    assert sorted(p.name for p in out.iterdir()) == ["taken"]
+
+
+# --------------------------------------------------------------------------- resuming a run that already ended
+
+
+def test_resume_of_a_complete_run_says_so_and_changes_nothing(run_copy):
+    from zoo.distill import distill
+    from zoo.recipe import recipe_from_dict
+
+    assert _distill("--resume", str(run_copy), "--no-progress", "--offline").exit_code == 0  # ends it: 4/4
+    before = _files(run_copy)
+    result = _distill("--resume", str(run_copy), "--no-progress", "--offline")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "already complete (4/4 steps" in lines[0] and "--set train.steps=N" in lines[0]
+    assert _files(run_copy) == before  # not evaluated, measured or rewritten again
+    # The library does the same: the stored record, unchanged.
+    saved = load_checkpoint(run_copy / "checkpoint.pt")["recipe"]
+    record = distill("resnet-18", recipe_from_dict(saved), out_dir=run_copy.parent, run_name=run_copy.name,
+                     resume=True, progress=False)
+    assert record == json.loads(before["summary.json"]) and _files(run_copy) == before
+    # Asking for more steps trains on.
+    result = _distill("--resume", str(run_copy), "--steps", "5", "--no-progress", "--offline")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run_copy / "checkpoint.pt")["step"] == 5
+    assert json.loads((run_copy / "summary.json").read_text())["steps"] == 5

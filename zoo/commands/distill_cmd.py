@@ -58,7 +58,26 @@ def _resume_job(resume: str, out_dir: str, backbones: str | None, overrides: lis
     spec = str(run_dir / BACKBONE_FILE) if (run_dir / BACKBONE_FILE).is_file() else (saved.get("backbone_spec") or name)
     given = recipe_from_dict(saved["recipe"], overrides) if overrides else None
     recipe = continue_recipe(saved["recipe"], given)  # one line naming a key that cannot change
+    _exit_if_finished(run_dir, int(saved["step"]), recipe.train.steps)
     return (spec, str(run_dir.parent), run_dir.name, True), recipe
+
+
+def _exit_if_finished(run_dir: Any, step: int, steps: int) -> None:
+    """A run that already ended complete has nothing to resume: say so in one line and exit 0.
+
+    Resuming it would only evaluate and measure it again and write over its record.
+    """
+    from zoo.distill.resume import finished_record
+    from zoo.ui import console
+
+    record = finished_record(run_dir, step, steps)
+    if record is None:
+        return
+    loss = f", FD loss {record.fd_loss:.4f}" if isinstance(record.fd_loss, (int, float)) else ""
+    console.print(f"run {run_dir} is already complete ({step}/{step} steps{loss}): nothing to resume, its record "
+                  f"is unchanged; to train it longer add --set train.steps=N (N > {step})",
+                  highlight=False, markup=False, soft_wrap=True)
+    sys.exit(0)
 
 
 @click.command("distill")
@@ -72,7 +91,8 @@ def _resume_job(resume: str, out_dir: str, backbones: str | None, overrides: lis
 @click.option("--run-name", default=None, help="Run folder name (default <backbone>-<recipe>-<UTC time>).")
 @click.option("--resume", default=None, metavar="RUN_DIR|NAME",
               help="Continue a stopped run from its checkpoint, under its saved recipe; --set may change optim.*, "
-                   "train.steps, cadences, eval and bench keys (e.g. a lower optim.lr after a divergence).")
+                   "train.steps, cadences, eval and bench keys (e.g. a lower optim.lr after a divergence). A run that already ended complete is left as it is "
+                   "(said in one line, exit 0) unless --set train.steps asks for more.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="With --resume: load a checkpoint holding pickled Python objects (only a file you trust).")
 @device_option()
@@ -131,15 +151,21 @@ def distill_command(backbones: str | None, recipe: str, overrides: tuple[str, ..
         raise ConfigError(f"recipe '{loaded.name}' needs its images: --set data.path=/path/to/images")
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
     teachers = build_teachers(loaded.teachers, resolve_device(device), offline or None)
-    if main_process and any(t.is_random for t in teachers):
-        err_console.print("[bold red]random teacher[/]: tiny random teachers make a smoke test, "
-                          "not a real distillation result")
+    warned = []
+
+    def started(run: dict[str, Any]) -> None:
+        # Said once a run is accepted, never before a refusal: a refused start prints only its Error: line.
+        if main_process and run["random_teacher"] and not warned:
+            warned.append(run["run_dir"])
+            err_console.print("[bold red]random teacher[/]: tiny random teachers make a smoke test, "
+                              "not a real distillation result")
+
     records = []
     for name, parent, run, is_resume in jobs:
         try:
             record = distill(name, loaded, out_dir=parent, run_name=run, resume=is_resume, device=device,
                              progress=not no_progress, teachers=teachers, offline=offline or None,
-                             teacher_cache=teacher_cache, trust_checkpoint=trust_checkpoint)
+                             teacher_cache=teacher_cache, trust_checkpoint=trust_checkpoint, on_start=started)
         except DistillInterrupted as stop:
             records.append(stop.record)
             if main_process:

@@ -60,6 +60,7 @@ def distill(
     on_step: Callable[[int, dict], None] | None = None,
     teacher_cache: str | os.PathLike | None = None,
     trust_checkpoint: bool = False,
+    on_start: Callable[[dict], None] | None = None,
 ) -> dict[str, Any]:
     """Distill ``backbone`` from the recipe's teachers; returns the run record (``summary.json`` content).
 
@@ -79,7 +80,13 @@ def distill(
         teacher_cache: a :mod:`zoo.cache` folder: training targets are read from it (memory-mapped) instead of
             running the teachers; the student sees the stored views. A cache that does not fit is refused.
             Default: the recipe's ``data.teacher_cache`` (so ``--set data.teacher_cache=DIR`` reaches the search proxy).
+            The run folder's ``recipe.yaml`` (and checkpoint) record the folder used as an absolute path.
         trust_checkpoint: on resume, load a checkpoint that holds pickled Python objects (only a trusted file).
+        on_start: called once the run is accepted (nothing left to refuse) and its folder open, before the first
+            step, with ``{"run_dir", "resume", "step", "steps", "random_teacher"}`` (warnings belong here).
+
+    A resumed run that had already ended complete (its record complete at the checkpoint's step, and no
+    more ``train.steps``) is not trained, evaluated or measured again: its record is returned unchanged.
 
     Raises:
         DistillInterrupted: Ctrl-C / SIGTERM; a checkpoint was saved (``.record``, ``.exit_code`` 130 / 143).
@@ -87,5 +94,5 @@ def distill(
     """
     ctx = setup_distributed(device)
     request = RunRequest(backbone, recipe, Path(out_dir), run_name, resume, device, progress, teachers, on_eval,
-                         offline, on_step, teacher_cache, trust_checkpoint)
+                         offline, on_step, teacher_cache, trust_checkpoint, on_start)
     return TrainingRun(request, ctx).run()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from zoo.errors import BadFileError, ConfigError
+from zoo.errors import BadFileError, ConfigError, ZooError
 from zoo.recipe import Recipe, recipe_from_dict
+from zoo.runs import STATUS_COMPLETE, RunPaths, RunRecord, read_record
 
 # Keys a resumed run may change: the optimiser (a lower LR after divergence), the length, cadences and
 # measurements. Everything else (teachers, data, resolution, batch, seed, loss) defines what the run
@@ -23,6 +26,39 @@ def check_state(state: Any, path: Path) -> dict[str, Any]:
         raise BadFileError(f"{path} is not a zoo distill checkpoint (it lacks "
                            f"{', '.join(k for k in REQUIRED_STATE if not isinstance(state, dict) or k not in state)})")
     return state
+
+
+def with_teacher_cache(recipe: Recipe, teacher_cache: str | os.PathLike | None = None) -> Recipe:
+    """``recipe`` with ``data.teacher_cache`` set to the cache folder the run reads, as an absolute path.
+
+    ``teacher_cache`` (``--teacher-cache``) wins over the recipe's own key; without either the recipe is
+    returned as is. The run folder's ``recipe.yaml`` then says which cache made the run, from anywhere.
+    """
+    folder = teacher_cache if teacher_cache is not None else recipe.data.teacher_cache
+    if folder is None:
+        return recipe
+    absolute = os.path.abspath(os.fspath(folder))
+    if absolute == recipe.data.teacher_cache:
+        return recipe
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, teacher_cache=absolute))
+
+
+def finished_record(run_dir: Path, step: int, steps: int) -> RunRecord | None:
+    """The record of a run that already ended complete at its checkpoint's ``step`` (``steps`` or more), else None.
+
+    Resuming such a run has nothing to train; it would only evaluate and measure again and write over
+    the record. A run whose record is missing or not complete (killed after its last checkpoint) is
+    finished by resuming it, so it gets None.
+    """
+    if step < steps or not RunPaths(run_dir).summary.is_file():
+        return None
+    try:
+        record = read_record(run_dir)
+    except (ZooError, TypeError, ValueError):  # an unreadable record: resuming writes a good one
+        return None
+    if record.status != STATUS_COMPLETE or record.steps != step:
+        return None
+    return record
 
 
 def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,9 +83,11 @@ def continue_recipe(saved: Mapping[str, Any], given: Recipe | None) -> Recipe:
 
     A change of any other key is refused in one line naming the key (start a new run for it).
     """
-    saved_recipe = recipe_from_dict(saved)
+    # Cache folders compare as absolute paths: recipe.yaml records one, a search proxy's recipe may give it relative.
+    saved_recipe = with_teacher_cache(recipe_from_dict(saved))
     if given is None:
         return saved_recipe
+    given = with_teacher_cache(given)
     changed = [k for k in changed_keys(saved_recipe, given) if k not in ("name", "description")]
     fixed = [k for k in changed if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]
     if fixed:

@@ -34,7 +34,7 @@ from zoo.distill.guard import DivergenceGuard
 from zoo.distill.model import (DistillModel, StepLosses, amp_dtype, apply_optim_settings, autocast_factory,
                                build_optimizer, build_scheduler, fd_teacher_name, rng_state, seed_step, set_rng_state)
 from zoo.distill.parallel import DistContext, any_rank, broadcast, mean_over_ranks, train_device
-from zoo.distill.resume import check_state, continue_recipe
+from zoo.distill.resume import check_state, continue_recipe, finished_record, with_teacher_cache
 from zoo.distill.stop import StopFlag, exit_status
 from zoo.distill.student import Student, build_student, run_name_of
 from zoo.errors import ConfigError, DivergedError, ZooError
@@ -73,6 +73,9 @@ class RunRequest:
     on_step: Callable[[int, dict], None] | None = None
     teacher_cache: str | os.PathLike | None = None
     trust_checkpoint: bool = False
+    # Called (every rank) once the run is accepted and its folder open, before the first step: the place
+    # for "this run uses random teachers" warnings, so a refused start prints its one error line and nothing else.
+    on_start: Callable[[dict], None] | None = None
 
 
 class TrainingRun:
@@ -90,14 +93,21 @@ class TrainingRun:
         self.eval_losses: dict[str, float] = {}
         self.eval_step: int | None = None
         self.signal_name: str | None = None
+        self.finished: RunRecord | None = None  # the record of a resumed run that had already ended
 
     # ------------------------------------------------------------------ steps
 
     def run(self) -> dict[str, Any]:
         self.plan()
+        if self.finished is not None:  # nothing left to train: its record stands (no re-measuring, no rewrite)
+            return self.finished.to_dict()
         self.prepare()
         self.restore()
         self.open_folder()
+        if self.request.on_start is not None:
+            self.request.on_start({"run_dir": str(self.paths.root), "resume": self.state is not None,
+                                   "step": self.step, "steps": self.recipe.train.steps,
+                                   "random_teacher": any(t.is_random for t in self.teachers)})
         status = self.train()
         return self.finish(status)
 
@@ -116,6 +126,7 @@ class TrainingRun:
             self.state = check_state(load_checkpoint(path, trust=r.trust_checkpoint, map_location="cpu"), path)
             recipe = continue_recipe(self.state["recipe"], recipe)  # the run's own recipe, resumable keys changed
             self.last_checkpoint_step = int(self.state["step"])
+            self.finished = finished_record(run_dir, self.last_checkpoint_step, recipe.train.steps)
         else:
             run_id = broadcast(r.run_name or new_run_id(run_name_of(r.backbone), recipe.name, r.out_dir), ctx)
             run_dir = r.out_dir / run_id
@@ -125,7 +136,8 @@ class TrainingRun:
         if recipe.train.batch_size % ctx.world_size:
             raise ConfigError(f"recipe key 'train.batch_size' ({recipe.train.batch_size}) must be divisible by the "
                               f"number of processes ({ctx.world_size})")
-        self.recipe = recipe
+        # recipe.yaml and the checkpoint name the cache folder actually read (--teacher-cache or the recipe's)
+        self.recipe = with_teacher_cache(recipe, r.teacher_cache)
         self.paths = RunPaths(run_dir)
         self.run_id = run_dir.name
 
@@ -175,11 +187,11 @@ class TrainingRun:
         return str(copy) if copy.is_file() else str(self.state["backbone_spec"])
 
     def _prepare_data(self) -> None:
-        r, recipe = self.request, self.recipe
+        recipe = self.recipe
         dataset = CropDataset(self.images.train, self.shared_hw, recipe.train.seed, recipe.train.batch_size,
                               recipe.augment.scale, recipe.augment.ratio, recipe.augment.hflip)
         self.cache = None
-        cache_dir = r.teacher_cache if r.teacher_cache is not None else recipe.data.teacher_cache
+        cache_dir = recipe.data.teacher_cache  # plan() put a --teacher-cache folder there
         if cache_dir is not None:
             from zoo.cache import CachedCropDataset, open_for_training
 
