@@ -209,7 +209,6 @@ def measure_trial_cost(candidate: Any, recipe: Any, teachers: Sequence[Any], ben
     checkpoint_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     checkpoint_bytes += sum(t.numel() * t.element_size() for state in optimizer.state.values()
                             for t in state.values() if isinstance(t, torch.Tensor))
-    del optimizer, fixed_targets
     backbone.eval()
     x = torch.rand(bench_batch, 3, *hw, device=device_)
     with torch.no_grad():
