@@ -65,9 +65,16 @@ sampling. Study files, run folders and latency tables go to a temporary folder (
 
     python benchmarks/search_fidelity.py                        # surrogate: 40 trials' budget x 3 seeds, 224 px
     python benchmarks/search_fidelity.py --seeds 5 --samplers nsga2,tpe,random --promotion hypervolume
-    python benchmarks/search_fidelity.py --objective real --budget-seconds 60 --seeds 1      # smoke, ~3 min
+    python benchmarks/search_fidelity.py --objective real --budget-seconds 60 --seeds 1 \
+        --limit dim=32,48,64 --limit depth1=1,2 --limit depth2=1,2 --limit depth3=1,2 --limit depth4=1,2
+    python benchmarks/search_fidelity.py --objective real --seeds 2 --budget-seconds 180 --rungs 30,90 \
+        --limit dim=32,48,64 --limit depth1=1,2 --limit depth2=1,2 --limit depth3=1,2 --limit depth4=1,2
     python benchmarks/search_fidelity.py --objective real --seeds 3 --budget-seconds 480 --rungs 30,90 \
-        --rungs 10,30,90 --limit dim=32,48,64,80,96                                        # ~70 min
+        --rungs 10,30,90 --samplers default,tpe --limit dim=32,48,64,80,96
+
+The clock budget is per method and seed: the whole run takes about seeds x methods x budget of CPU time
+(+ one trial's overrun each, + the score's measurements), more wall-clock time on a busy machine
+(the second example: 13 CPU-minutes of methods, 22 wall-clock minutes on 2 cores shared with other jobs).
 """
 
 from __future__ import annotations
@@ -167,7 +174,7 @@ def multi_fidelity(space, truth: Truth, fidelity: Fidelity, budget: float, bench
     """Sampler + rungs decided by zoo.search.fidelity against the study, predicted throughput, front re-measured."""
     # NSGA-II's population grows from COMPLETE trials only: size it by those that reach the last rung
     completes = max(1, round(expected_trials / fidelity.eta ** (fidelity.rungs - 1)))
-    sampler = runner.make_sampler(sampler_name, "multi", completes, seed=seed)
+    sampler = runner.make_sampler(sampler_name, "multi", completes, seed=seed, space=space)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     noise = random.Random(1000 + seed)
     spent, trials, true_values = 0.0, 0, {}
@@ -345,7 +352,7 @@ def run_random(setup: RealSetup, final_steps: int, seed: int, measure_costs: lis
     start = setup.tick()
     space = setup.space()
     settings = setup.settings(name, [f"train.steps={final_steps}"])
-    study = setup.study(name, space, runner.make_sampler("random", "multi", HUGE, seed=seed))
+    study = setup.study(name, space, runner.make_sampler("random", "multi", HUGE, seed=seed, space=space))
     check_study_fidelity(study, None)
     objective = SearchObjective(space, settings, study_name=name)
     measure = objective.measure
@@ -379,7 +386,7 @@ def run_multi_fidelity(setup: RealSetup, sampler_name: str | None, steps: str, s
     rungs = FidelitySettings(steps, setup.eta, setup.promotion, "predicted", str(setup.root / name / "latency"),
                              setup.clock)
     completes = max(1, round(n_trials_hint / setup.eta ** (len(steps.split(",")) - 1)))  # as run_search sizes it
-    sampler = runner.make_sampler(sampler_name, "multi", completes, seed=seed)
+    sampler = runner.make_sampler(sampler_name, "multi", completes, seed=seed, space=space)
     study = setup.study(name, space, sampler)
     fidelity = rungs.fidelity(settings)
     check_study_fidelity(study, fidelity)
