@@ -122,10 +122,14 @@ def print_hypervolumes(results: dict[str, list[float]]) -> None:
               f"{', '.join(f'{v:.4f}' for v in values)}){ratio}")
 
 
-def run(sampler_name: str, seed: int, trials: int, objective) -> list[tuple[float, float]]:
-    sampler = runner.make_sampler(sampler_name, "multi", trials, seed=seed)
+def run(sampler_name: str, seed: int, trials: int, objective, variants: bool = False) -> list[tuple[float, float]]:
+    """One sweep of ``trials`` trials (the paper's variants first with ``variants``); its (throughput, FD loss)."""
+    space = objective.space if hasattr(objective, "space") else objective.objective.space
+    sampler = runner.make_sampler(sampler_name, "multi", trials, seed=seed, space=space)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler,
                                 study_name=f"{sampler_name}-{seed}")
+    if variants:
+        runner.enqueue_variants(study, space, ["all"])
     study.optimize(objective, n_trials=trials)
     return [tuple(t.values) for t in study.trials if t.values is not None]
 
@@ -156,7 +160,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--samplers", default="nsga2,tpe,random")
+    parser.add_argument("--samplers", default="guided,nsga2,tpe,random",
+                        help="comma-separated, of: guided, nsga2, nsga3, tpe, gp, random")
+    parser.add_argument("--variants", action="store_true",
+                        help="enqueue the paper's variants as the first trials of every sampler (random too)")
     parser.add_argument("--objective", choices=("surrogate", "real"), default="surrogate")
     parser.add_argument("--proxy-steps", type=int, default=5, help="distillation steps per trial (real objective)")
     parser.add_argument("--limit", action="append", default=[], metavar="NAME=V1,V2",
@@ -179,11 +186,12 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     start = time.perf_counter()
     for name in samplers:
-        results[name] = [hypervolume(run(name, seed, args.trials, objective), reference) for seed in range(args.seeds)]
+        results[name] = [hypervolume(run(name, seed, args.trials, objective, args.variants), reference)
+                          for seed in range(args.seeds)]
     seconds = time.perf_counter() - start
 
     print(f"E-RADIO space at {args.resolution} px ({space.size():,} candidates), surrogate objective, "
-          f"{args.trials} trials x {args.seeds} seeds, reference point {np.round(reference, 4).tolist()}")
+          f"{args.trials} trials x {args.seeds} seeds{', paper variants first' if args.variants else ''}, reference point {np.round(reference, 4).tolist()}")
     print(f"random pool of {POOL_SIZE}: hypervolume {hypervolume(pool, reference):.4f}")
     print_hypervolumes(results)
     print(f"{len(objective.cache)} distinct candidates evaluated in {seconds:.0f} s")
@@ -201,7 +209,7 @@ def main_real(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as out_dir:
         objective = RealObjective(space, out_dir, args.proxy_steps)
         for name in samplers:
-            fronts[name] = [run(name, seed, args.trials, objective) for seed in range(args.seeds)]
+            fronts[name] = [run(name, seed, args.trials, objective, args.variants) for seed in range(args.seeds)]
     seconds = time.perf_counter() - start
     everything = [point for runs in fronts.values() for points in runs for point in points]
     reference = losses(everything).max(axis=0)

@@ -51,6 +51,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from zoo.errors import ConfigError, DivergedError
 from zoo.runs import STATUS_COMPLETE, STATUS_DIVERGED, RunPaths, RunRecord, SearchInfo, read_record, write_record
+from zoo.search.attrs import FIDELITY_ATTR, MEASURED_ATTR, RUNG_ATTR, rung_attr  # noqa: F401 (re-exported)
 from zoo.search.objective import (FD_LOSS, PROXY, ObjectiveSettings, SearchObjective, TrialDiverged,
                                   constraint_values, set_constraints)
 from zoo.search.space import Candidate, SearchSpace
@@ -60,13 +61,7 @@ HYPERVOLUME = "hypervolume"
 PROMOTIONS = (CROWDING, HYPERVOLUME)
 DEFAULT_STEPS = (10, 30, 90)
 DEFAULT_ETA = 3
-FIDELITY_ATTR = "zoo_fidelity"
-RUNG_ATTR = "rung"
-MEASURED_ATTR = "zoo_measured"
-
-
-def rung_attr(rung: int) -> str:
-    return f"rung_{rung}"
+FIT_MODELS = 6  # models profiled end to end to fit a latency table (benchmarks/latency_table.py uses 6)
 
 
 # --------------------------------------------------------------------------- the schedule
@@ -339,7 +334,7 @@ class MultiFidelityObjective(SearchObjective):
 
     def __init__(self, space: SearchSpace, settings: ObjectiveSettings, study_name: str = "search",
                  duplicate_check: Any = None, fidelity: Fidelity | None = None, latency_table: Any = None,
-                 fit_models: int = 4) -> None:
+                 fit_models: int = FIT_MODELS) -> None:
         super().__init__(space, settings, study_name, duplicate_check)
         self.fidelity = fidelity or Fidelity()
         self.latency_table = latency_table
@@ -356,21 +351,17 @@ class MultiFidelityObjective(SearchObjective):
         self.fit_models = fit_models
 
     def prepare(self) -> None:
-        """The base checks, then the latency table's fit: ``fit_models`` random candidates of the space
-        (seed 0: every worker picks the same) measured end to end, once per table."""
+        """The base checks, then the latency table's fit: ``fit_models`` candidates spanning the space's
+        widths (seed 0: every worker picks the same) profiled end to end, once per table."""
         super().prepare()
         if self.latency_table is None:
             return
+        from zoo.search.latency import fit_candidates
+
         for resolution, table in self.tables.items():
             def configs(resolution: int = resolution) -> list[Any]:
-                rng, found = random.Random(0), []
-                for _ in range(200 * self.fit_models):
-                    candidate = self.space.params_to_candidate(self.space.random_params(rng))
-                    if candidate.resolution == resolution:
-                        found.append(candidate.config)
-                    if len(found) == self.fit_models:
-                        break
-                return found
+                return [c.config for c in fit_candidates(self.space, self.fit_models, random.Random(0),
+                                                         resolution=resolution)]
 
             table.ensure_fit(configs)
 

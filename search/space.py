@@ -66,6 +66,14 @@ class Param:
             return trial.suggest_categorical(self.name, list(self.choices))
         return trial.suggest_int(self.name, self.low, self.high, step=self.step)
 
+    def distribution(self) -> Any:
+        """The Optuna distribution :meth:`suggest` draws from (for samplers that propose whole configurations)."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        if self.kind == CATEGORICAL:
+            return CategoricalDistribution(list(self.choices))
+        return IntDistribution(self.low, self.high, step=self.step)
+
     def describe_values(self) -> str:
         if self.kind == CATEGORICAL:
             return ", ".join(str(v) for v in self.choices)
@@ -127,6 +135,9 @@ class SearchSpace(Protocol):
         family: the backbone family of its candidates (a :data:`zoo.backbones.files.FILE_FAMILIES` key).
         resolutions: the searched resolutions (square); more than one makes ``resolution`` a parameter.
         params: the declared parameters.
+
+    Optional: ``descriptors(candidate) -> dict[str, float]``, cheap analytic features (no model
+    build) the guided sampler (:mod:`zoo.search.guided`) learns from besides the parameters.
     """
 
     name: str
@@ -221,6 +232,11 @@ class DeclaredSpace:
 
     def surrogate_fd_loss(self, candidate: Candidate, params_m: float) -> float:
         raise NotImplementedError
+
+    def descriptors(self, candidate: Candidate) -> dict[str, float]:
+        """Cheap analytic numbers that explain cost and capacity (e.g. log parameters, log MACs), for the
+        guided sampler's models (:mod:`zoo.search.guided`); optional, none by default."""
+        return {}
 
     # ------------------------------------------------------------------ shared
 

@@ -66,7 +66,8 @@ GRACE_PERIOD_S = 120  # a RUNNING trial without a heartbeat for this long is mar
 MAX_RETRY = 2  # times a trial of a killed worker is re-run
 MAX_FAILURES_IN_ROW = 3
 MAX_SKIPS_IN_ROW = 50
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("guided", "nsga2", "nsga3", "tpe", "gp", "random")
+DEFAULT_MULTI_SAMPLER = "guided"  # the README's sampler figures
 SPACE_ATTR = "zoo_search_space"
 OBJECTIVE_ATTR = "zoo_search_objective"
 SKIPPED_ATTR = "skipped"
@@ -254,22 +255,36 @@ def default_population(n_trials: int) -> int:
 
 
 def make_sampler(name: str | None, objective: str, n_trials: int, seed: int | None = None,
-                 population_size: int | None = None) -> Any:
-    """``nsga2`` (multi-objective default), ``tpe`` (single-objective default; constant liar for
-    parallel workers) or ``random``."""
+                 population_size: int | None = None, space: SearchSpace | None = None) -> Any:
+    """The sampler ``name`` of :data:`SAMPLERS`; ``None`` picks the default of the objective.
+
+    ``guided`` (multi-objective default; needs ``space``): :mod:`zoo.search.guided`, models of both
+    objectives on the space's cheap descriptors. ``nsga2``/``nsga3`` (population ``population_size``,
+    default :func:`default_population`), ``tpe`` (single-objective default; constant liar for parallel
+    workers), ``gp`` (Optuna's Gaussian-process sampler), ``random``. The README has the figures behind
+    the defaults (``benchmarks/search_efficiency.py``).
+    """
     import optuna
 
-    name = name or ("nsga2" if objective == MULTI else "tpe")
+    name = name or (DEFAULT_MULTI_SAMPLER if objective == MULTI else "tpe")
     if name not in SAMPLERS:
         raise unknown_name("sampler", name, SAMPLERS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=population_size or default_population(n_trials),
-                                                 seed=seed)
+        if name == "guided":
+            if space is None:
+                raise ValueError("the guided sampler needs the search space (make_sampler(..., space=...))")
+            from zoo.search.guided import GuidedSampler
+
+            return GuidedSampler(space, seed=seed)
+        if name in ("nsga2", "nsga3"):
+            kind = optuna.samplers.NSGAIISampler if name == "nsga2" else optuna.samplers.NSGAIIISampler
+            return kind(population_size=population_size or default_population(n_trials), seed=seed)
         if name == "tpe":
             # constant_liar: RUNNING trials count as bad guesses, so parallel workers spread out.
             return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)
 
 

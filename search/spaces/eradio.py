@@ -200,6 +200,46 @@ class ERadioSpace(DeclaredSpace):
             "mlp": str(cfg["mlp_ratio"]), "neck": str(cfg["neck_dim"]) if cfg.get("neck_dim") else "—",
         }
 
+    def descriptors(self, candidate: Candidate) -> dict[str, float]:
+        """Weights and multiply-adds counted from the architecture's formulas (no build; biases, norms and the
+        position-bias MLPs left out), the number of attention blocks, and the share of the stage-3 map a
+        window covers: what the guided sampler learns speed and quality from."""
+        cfg = candidate.config
+        d, m = cfg.dim, cfg.mlp_ratio
+        cells = candidate.resolution // 4  # stage-1 map side
+        positions = [(cells // 2 ** i) ** 2 for i in range(4)]  # stages 1-4
+        weights: list[float] = []
+        macs: list[float] = []
+
+        def add(count: float, at: float) -> None:
+            weights.append(count)
+            macs.append(count * at)
+
+        add(27 * cfg.in_dim, positions[0] * 4)  # stem conv 1, at stride 2
+        add(9 * cfg.in_dim * d, positions[0])
+        for stage, depth in enumerate(cfg.depths[:2]):  # C2f: w^2 (2 + 5 n)
+            add((d * 2 ** stage) ** 2 * (2 + 5 * depth), positions[stage])
+        for stage in range(3):  # 3x3 stride-2 down-sampling into stages 2-4
+            add(9 * (d * 2 ** stage) * (d * 2 ** (stage + 1)), positions[stage + 1])
+        block = (4 + 2 * m)  # qkv + proj + MLP, per w^2
+        w3, w4 = 4 * d, 8 * d
+        windows = [min(window, cells // 4) ** 2 for window in cfg.window_size]
+        for ratio in cfg.mra_ratios:
+            tokens = positions[2] / ratio ** 2
+            resample = 2 * ratio ** 2 if cfg.mra_resample == "conv" and ratio > 1 else (2 if ratio > 1 else 0)
+            add(cfg.depths[2] * block * w3 ** 2, tokens)
+            weights.append(cfg.depths[2] * resample * w3 ** 2)
+            macs.append(cfg.depths[2] * (resample * w3 ** 2 * tokens + 2 * tokens * windows[0] * w3))
+        add(cfg.depths[3] * block * w4 ** 2, positions[3])
+        macs.append(cfg.depths[3] * 2 * positions[3] * windows[1] * w4)
+        if cfg.neck_dim:
+            add(w3 * cfg.neck_dim, positions[2])
+            add(w4 * 4 * cfg.neck_dim, positions[3])
+        blocks = cfg.depths[2] * len(cfg.mra_ratios) + cfg.depths[3]
+        return {"log_weights": math.log(sum(weights)), "log_macs": math.log(sum(macs)), "attention_blocks": blocks,
+                "c2f_blocks": cfg.depths[0] + cfg.depths[1],
+                "window3_share": min(1.0, cfg.window_size[0] / (candidate.resolution // 16))}
+
     def surrogate_fd_loss(self, candidate: Candidate, params_m: float) -> float:
         """Falls with capacity (parameters, with diminishing returns), with depth in the attention
         stages, with a neck (denser features), and with attention windows that cover more of the map;

@@ -322,7 +322,7 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
     if rungs.steps:
         completes = max(1, round(worker.n_trials / rungs.eta ** (len(rungs.steps.split(",")) - 1)))
     sampler = runner.make_sampler(worker.sampler, objective.objective, completes, seed=worker.seed,
-                                  population_size=worker.population_size)
+                                  population_size=worker.population_size, space=space)
 
     def join() -> Any:
         study = runner.open_study(storage, where.name, space, objective.objective, sampler,
@@ -477,8 +477,9 @@ def search_command() -> None:
 @click.option("--objective", type=click.Choice(["multi", "fd_loss"]), default="multi", show_default=True,
               help="multi: maximise throughput and minimise FD loss; fd_loss: single objective, with pruning.")
 @click.option("--sampler", type=click.Choice(SAMPLER_CHOICES), default=None,
-              help="nsga2 (multi default), tpe (fd_loss default; constant liar), random.")
-@click.option("--population-size", type=int, default=None, help="NSGA-II population [n_trials/5, 8..50].")
+              help="guided (multi default: models of both objectives on the candidates' analytic cost), nsga2, "
+                   "nsga3, tpe (fd_loss default; constant liar), gp, random.")
+@click.option("--population-size", type=int, default=None, help="NSGA-II/III population [n_trials/5, 8..50].")
 @click.option("--seed", type=int, default=None, help="Sampler seed (give each worker its own).")
 @click.option("--max-params", type=float, default=None, metavar="M", help="Constraint: at most M million params.")
 @click.option("--min-throughput", type=float, default=None, metavar="X", help="Constraint: at least X img/s.")
