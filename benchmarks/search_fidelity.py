@@ -450,7 +450,7 @@ def run_real(args: argparse.Namespace, root: Path) -> RealResults:
     wall = time.perf_counter()
     runs: list[MethodRun] = []
     measure_costs: list[float] = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         random_run = run_random(setup, final, seed, measure_costs)
         runs.append(random_run)
         cost = statistics.median(measure_costs) if measure_costs else 0.0
@@ -524,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-trials", type=int, default=40,
                         help="surrogate: budget = this many random-sampling trials (full proxy + measurement each)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--resolution", type=int, default=None,
                         help=f"[surrogate {DEFAULT_SURROGATE_RESOLUTION}, real {DEFAULT_REAL_RESOLUTION}]")
     parser.add_argument("--rungs", action="append", default=None, metavar="S1,S2,...",
@@ -598,7 +599,7 @@ def main_surrogate(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     results: dict[str, list[float]] = {}
     counts: dict[str, list[int]] = {}
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         points, n = random_search(space, truth, fidelity, budget, args.bench_cost, seed)
         results.setdefault("random, full proxy", []).append(hypervolume(points, reference))
         counts.setdefault("random, full proxy", []).append(n)

@@ -52,14 +52,16 @@ from typing import Any, Callable, Mapping, Sequence
 from zoo.errors import ConfigError, DivergedError
 from zoo.runs import STATUS_COMPLETE, STATUS_DIVERGED, RunPaths, RunRecord, SearchInfo, read_record, write_record
 from zoo.search.attrs import FIDELITY_ATTR, MEASURED_ATTR, RUNG_ATTR, rung_attr  # noqa: F401 (re-exported)
-from zoo.search.objective import (FD_LOSS, PROXY, ObjectiveSettings, SearchObjective, TrialDiverged,
+from zoo.search.objective import (FD_LOSS, PROXY, ObjectiveSettings, SearchObjective, TrialDiverged, seeded_build,
                                   constraint_values, set_constraints)
 from zoo.search.space import Candidate, SearchSpace
 
 CROWDING = "crowding"
 HYPERVOLUME = "hypervolume"
 PROMOTIONS = (CROWDING, HYPERVOLUME)
-DEFAULT_STEPS = (10, 30, 90)
+# 30,90: a 10-step rung ranks candidates like chance (Kendall tau 0.18 with 90 steps), a 30-step one does not
+# (0.76); benchmarks/proxy_fidelity.py, figures in the README. `--fidelity default` picks it.
+DEFAULT_STEPS = (30, 90)
 DEFAULT_ETA = 3
 FIT_MODELS = 6  # models profiled end to end to fit a latency table (benchmarks/latency_table.py uses 6)
 
@@ -89,11 +91,13 @@ class Fidelity:
 
     @classmethod
     def parse(cls, text: str, eta: int = DEFAULT_ETA, promotion: str = CROWDING) -> "Fidelity":
-        """``"10,30,90"`` -> the schedule (one line ConfigError for anything else)."""
+        """``"30,90"`` (or ``"default"``: :data:`DEFAULT_STEPS`) -> the schedule (one line ConfigError else)."""
+        if str(text).strip().lower() == "default":
+            return cls(DEFAULT_STEPS, eta, promotion)
         try:
             steps = tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
         except ValueError:
-            raise ConfigError(f"--fidelity takes step counts such as 10,30,90, got {text!r}") from None
+            raise ConfigError(f"--fidelity takes step counts such as 30,90 (or default), got {text!r}") from None
         return cls(steps, eta, promotion)
 
     @property
@@ -378,8 +382,10 @@ class MultiFidelityObjective(SearchObjective):
         if (resolution, steps) not in self._rung_recipes:
             from zoo.recipe import load_recipe
 
+            # One learning-rate schedule for every rung (``optim.schedule_steps``: the last rung's length), so a
+            # run resumed rung by rung to the end is the run trained straight to the end.
             overrides = [*self.settings.recipe_overrides, "bench.enabled=false", f"train.steps={steps}",
-                         "eval.every=0"]
+                         f"optim.schedule_steps={self.fidelity.final}", "eval.every=0"]
             if resolution is not None:
                 overrides.append(f"train.resolution={resolution}")
             self._rung_recipes[(resolution, steps)] = load_recipe(self.settings.recipe, overrides=overrides)
@@ -412,7 +418,7 @@ class MultiFidelityObjective(SearchObjective):
         if not resume and paths.summary.is_file():
             paths.summary.unlink()  # an attempt that left nothing to resume: redone
         recipe = self.rung_recipe(candidate.resolution, steps)
-        returned = distill(candidate.build(name=name), recipe, out_dir=str(paths.root.parent),
+        returned = distill(seeded_build(candidate, name, recipe), recipe, out_dir=str(paths.root.parent),
                            run_name=paths.root.name, resume=resume, device=self.settings.device,
                            progress=self.settings.progress, teachers=self.teachers(recipe))
         record = read_record(paths.root) if paths.summary.is_file() else RunRecord.from_dict(returned)

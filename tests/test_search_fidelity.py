@@ -216,6 +216,16 @@ def test_rungs_resume_the_proxy_run_and_pruned_checkpoints_go(tmp_path, monkeypa
     assert record.steps == 4 and record.search.extra["rung"] == 1 and not (folder / "checkpoint.pt").exists()
     assert trial.values[1] == pytest.approx(record.fd_loss)
     assert trial.user_attrs[rung_attr(0)]["steps"] == 2
+    # ... and resuming rung by rung is training straight: one schedule (the last rung's), seeded weights
+    from zoo.search.objective import seeded_build
+
+    candidate = runner.trial_candidate(space, trial)
+    straight_recipe = objective.rung_recipe(candidate.resolution, 4)
+    assert straight_recipe.optim.schedule_steps == 4
+    straight = real(seeded_build(candidate, "straight", straight_recipe), straight_recipe,
+                    out_dir=str(tmp_path / "straight"), run_name="straight", device="cpu",
+                    teachers=objective.teachers(straight_recipe))
+    assert straight["fd_loss"] == pytest.approx(record.fd_loss, rel=1e-5)
 
     # a trial that is not promoted: PRUNED after its first rung, its checkpoint deleted ...
     monkeypatch.setattr(fidelity_module, "decide_promotion", lambda *a: False)

@@ -75,13 +75,18 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to ``min_lr``."""
+    """AdamW with linear warm-up then cosine decay to ``min_lr``.
+
+    ``schedule_steps``: the step the cosine reaches ``min_lr`` at (0: ``train.steps``). Multi-fidelity search
+    rungs stop a run early on the schedule of the last rung, so resuming a run is training it straight.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.02
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     min_lr: float = 0.0
+    schedule_steps: int = 0
 
 
 @dataclass
@@ -197,6 +202,8 @@ class Recipe:
             ("optim.lr", self.optim.lr > 0, "must be positive"),
             ("optim.min_lr", 0 <= self.optim.min_lr <= self.optim.lr, "must be between 0 and optim.lr"),
             ("optim.warmup_steps", self.optim.warmup_steps >= 0, "must be 0 or more"),
+            ("optim.schedule_steps", self.optim.schedule_steps == 0 or self.optim.schedule_steps >= self.train.steps,
+             "must be 0 (= train.steps) or at least train.steps"),
             ("augment.scale", 0 < self.augment.scale[0] <= self.augment.scale[1] <= 1, "must be 0 < min <= max <= 1"),
             ("augment.ratio", 0 < self.augment.ratio[0] <= self.augment.ratio[1], "must be 0 < min <= max"),
             ("augment.views", self.augment.views >= 1, "must be at least 1"),

@@ -319,8 +319,8 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
                                   grace_period=worker.grace_period or runner.GRACE_PERIOD_S)
     # NSGA-II grows its population from COMPLETE trials only: with rungs, size it by those reaching the last one
     completes = worker.n_trials
-    if rungs.steps:
-        completes = max(1, round(worker.n_trials / rungs.eta ** (len(rungs.steps.split(",")) - 1)))
+    if rungs.steps and fidelity is not None:
+        completes = max(1, round(worker.n_trials / rungs.eta ** (fidelity.rungs - 1)))
     sampler = runner.make_sampler(worker.sampler, objective.objective, completes, seed=worker.seed,
                                   population_size=worker.population_size, space=space)
 
@@ -340,7 +340,8 @@ def run_search(space_settings: SpaceSettings, where: StudySettings, worker: Work
             runner.enqueue_variants(study, space, list(worker.enqueue), plan=variants)
             for line in variants.lines():
                 err_console.print(line)
-        preview = _preview(space, objective, worker.n_trials, study, search_objective, fidelity if rungs.steps else None)
+        preview = _preview(space, objective, worker.n_trials, study, search_objective,
+                           fidelity if rungs.steps else None)
     except BaseException:
         if created:  # nothing ran: the same command with a corrected argument must start afresh
             runner.discard_new_study(storage, where.name)
@@ -450,7 +451,7 @@ def search_command() -> None:
       zoo search space
       zoo search space --space vit-cpe --resolution 224
       zoo search run --n-trials 40 --out runs/search --enqueue-variants all
-      zoo search run --n-trials 40 --fidelity 10,30,90 --throughput predicted --limit dim=32,48,64,80,96
+      zoo search run --n-trials 40 --fidelity 30,90 --throughput predicted --limit dim=32,48,64,80,96
       zoo search run --space vit-cpe --resolution 64 --n-trials 12 --dry-run --out runs/vit-search
       zoo search run --storage journal:///shared/search.log --study-name s1 --n-trials 200
       zoo pareto runs/search
@@ -501,9 +502,9 @@ def search_command() -> None:
 @click.option("--grace-period", type=int, default=None,
               help=f"A trial silent this long is failed and retried, s [{GRACE_PERIOD_S}].")
 @click.option("--fidelity", "fidelity_steps", default=None, metavar="S1,S2,...",
-              help="Multi-fidelity: proxy steps of each rung (e.g. 10,30,90). A trial trains to the first rung, "
-                   "goes on (resuming its run) only when in the top 1/eta of the trials at that rung by "
-                   "non-dominated rank, else is pruned [one full-length proxy per trial].")
+              help="Multi-fidelity: proxy steps of each rung, e.g. 30,90 (`default`: 30,90, the README says why). "
+                   "A trial trains to the first rung, goes on (resuming its run) only when in the top 1/eta of "
+                   "the trials at that rung by non-dominated rank, else is pruned [one full-length proxy per trial].")
 @click.option("--eta", type=int, default=3, show_default=True, help="Rung reduction factor (with --fidelity).")
 @click.option("--promotion", type=click.Choice(["crowding", "hypervolume"]), default="crowding", show_default=True,
               help="Tie-break within a non-dominated rank at a rung: crowding distance or hypervolume contribution.")
@@ -544,7 +545,7 @@ def run_command(space: str, storage: str, study_name: str | None, n_trials: int,
     lower rung are PRUNED (their records say so).
     \b
     Examples:
-      zoo search run --n-trials 40 --fidelity 10,30,90 --throughput predicted --limit dim=32,48,64,80,96
+      zoo search run --n-trials 40 --fidelity 30,90 --throughput predicted --limit dim=32,48,64,80,96
       zoo search run --n-trials 40 --out runs/search --enqueue-variants all
       zoo search run --space vit-cpe --resolution 64 --teacher clip:tiny --teacher dinov2:tiny
       zoo search run --dry-run --resolution 64 --limit dim=32,48 --n-trials 8

@@ -59,8 +59,9 @@ def fd_teacher_name(recipe: Recipe) -> str:
 
 
 def lr_factor(step: int, recipe: Recipe) -> float:
-    """Linear warm-up to 1, then cosine down to ``min_lr / lr`` at the last step."""
-    warmup, total = recipe.optim.warmup_steps, recipe.train.steps
+    """Linear warm-up to 1, then cosine down to ``min_lr / lr`` at the last step (``optim.schedule_steps``
+    when set, e.g. a search rung that stops early on a longer schedule)."""
+    warmup, total = recipe.optim.warmup_steps, (getattr(recipe.optim, "schedule_steps", 0) or recipe.train.steps)
     floor = recipe.optim.min_lr / recipe.optim.lr
     if warmup and step < warmup:
         return (step + 1) / warmup
