@@ -1,4 +1,5 @@
-"""Does the sampler matter? Hypervolume of NSGA-II and TPE against random sampling at the same budget.
+"""Does the sampler matter? Hypervolume of each sampler (guided, NSGA-II/III, TPE, GP) against random sampling
+at the same budget.
 
 Each sampler runs ``--trials`` trials of the real E-RADIO search space
 (:class:`zoo.search.spaces.eradio.ERadioSpace`) on a *cheap surrogate objective*, for
@@ -25,7 +26,8 @@ tiny random teachers) at ``--resolution``. The reference point is then the
 worst value over all trials of all samplers (plus 5%), since a random pool
 would cost as much as the comparison itself.
 
-    python benchmarks/search_efficiency.py                     # 40 trials x 3 seeds, 224 px
+    python benchmarks/search_efficiency.py                     # 40 trials x 3 seeds, 224 px: guided,nsga2,tpe,random
+    python benchmarks/search_efficiency.py --samplers guided,nsga2,nsga3,tpe,gp,random --variants
     python benchmarks/search_efficiency.py --objective real --resolution 64 --trials 6 --seeds 2 --limit dim=32,48,64
     python benchmarks/search_efficiency.py --trials 60 --seeds 5 --samplers nsga2,tpe,random
 
