@@ -327,8 +327,12 @@ def _tree_stats(trees: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _feasible(trial: Any) -> bool:
-    constraints = trial.system_attrs.get("constraints")
-    return constraints is None or all(c <= 0 for c in constraints)
+    """All constraint values <= 0: ``Trial.set_constraint(key, v)`` stores ``constraints:KEY``, a
+    ``constraints_func`` the list ``constraints``."""
+    attrs = trial.system_attrs
+    values = [v for k, v in attrs.items() if k.startswith("constraints:")]
+    values += list(attrs.get("constraints") or ())
+    return all(float(v) <= 0 for v in values)
 
 
 def _front_indices(y: np.ndarray, feasible: np.ndarray) -> list[int]:

@@ -136,14 +136,15 @@ def test_infeasible_trials_do_not_make_the_front(space):
         trial = optuna.trial.create_trial(
             params=params, distributions={p.name: p.distribution() for p in space.params if p.name in params},
             values=list(objective_values(space, params)),
-            system_attrs={"constraints": [1.0 if index == 0 else -1.0]})
+            system_attrs={"constraints": [1.0 if index == 0 else -1.0]} if index < 3
+            else {"constraints:max_params": 2.0 if index == 3 else -1.0})  # set_constraint's form
         study.add_trial(trial)
     finished = study.trials
     y = sampler.targets([t.values for t in finished], study.directions)
     from zoo.search.guided import _feasible, _front_indices
 
     front = _front_indices(y, np.array([_feasible(t) for t in finished]))
-    assert 0 not in front and front
+    assert 0 not in front and 3 not in front and front
 
 
 def test_make_sampler_defaults_to_guided_and_needs_the_space(space):
