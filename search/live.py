@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from zoo.ui import duration, img_rate
+
 MAX_ROWS = 10  # a small table: the rest of the front is counted in the caption
 REFRESH_PER_SECOND = 1  # elapsed time ticks; the storage is read only when a trial finishes
 
@@ -121,7 +123,7 @@ def front_table(trials: Sequence[Any], progress: Progress, rungs: Sequence[int] 
     if rungs:
         table.add_column("rung", justify="right")
     for rank, point in enumerate(front[:max_rows], start=1):
-        cells = [str(rank), str(point.number), _rate(point.throughput), point.throughput_source,
+        cells = [str(rank), str(point.number), img_rate(point.throughput), point.throughput_source,
                  f"{point.fd_loss:.4f}", point.fd_loss_source,
                  f"{point.params_m:.2f}" if isinstance(point.params_m, (int, float)) else "—"]
         if rungs:
@@ -168,16 +170,7 @@ def eta_seconds(n_trials: int, finished: int, running: int, finished_here: int, 
     return None
 
 
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
-
-def _rate(value: float) -> str:
-    return f"{value:.1f}" if value >= 100 else f"{value:.3g}"
 
 
 def live_wanted(requested: bool | None, console: Any, quiet: bool = False) -> bool:

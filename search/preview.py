@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.search.cost import human_bytes
+from zoo.ui import duration
 
 BYTES_PER_PARAM = 12  # fp32 weights + AdamW exp_avg + exp_avg_sq
 RECORD_BYTES = 20_000  # summary.json + metrics.jsonl + recipe.yaml of one proxy run, about
@@ -82,11 +83,11 @@ class SweepPreview:
         if self.free_bytes is not None and self.disk_bytes > self.free_bytes:
             parts.append(f"WARNING: only {human_bytes(self.free_bytes)} free")
         if self.seconds_per_trial is not None:
-            parts.append(f"time ~{_duration(self.seconds_per_trial * self.remaining)} for one worker "
-                         f"(~{_duration(self.seconds_per_trial)} per trial so far)")
+            parts.append(f"time ~{duration(self.seconds_per_trial * self.remaining)} for one worker "
+                         f"(~{duration(self.seconds_per_trial)} per trial so far)")
         elif self.estimate_seconds is not None:
-            parts.append(f"time ~{_duration(self.estimate_seconds * self.remaining)} for one worker "
-                         f"(~{_duration(self.estimate_seconds)} per trial: {self._pieces()}; larger candidates "
+            parts.append(f"time ~{duration(self.estimate_seconds * self.remaining)} for one worker "
+                         f"(~{duration(self.estimate_seconds)} per trial: {self._pieces()}; larger candidates "
                          "take longer)")
         else:
             parts.append("time: estimated after the first trial")
@@ -99,12 +100,12 @@ class SweepPreview:
                   f"{cost.step_s:.2f} s here, teachers included)"]
         if plan.bench_forwards:
             bench = cost.build_s + cost.gmacs_s + plan.bench_forwards * cost.forward_s
-            pieces.append(f"throughput measurement ~{_duration(bench)}")
+            pieces.append(f"throughput measurement ~{duration(bench)}")
         if plan.checkpoints:
             pieces.append(f"{plan.checkpoints:.0f} checkpoint writes of ~{human_bytes(cost.checkpoint_bytes)} "
-                          f"~{_duration(plan.checkpoints * cost.checkpoint_s())}")
+                          f"~{duration(plan.checkpoints * cost.checkpoint_s())}")
         other = plan.runs * (cost.build_s + cost.gmacs_s) + plan.evaluations * cost.eval_s(plan.eval_images)
-        pieces.append(f"build, evaluation and FLOP count ~{_duration(other)}")
+        pieces.append(f"build, evaluation and FLOP count ~{duration(other)}")
         return ", ".join(pieces)
 
     def per_trial_seconds(self, study: Any = None) -> float | None:
@@ -120,7 +121,7 @@ class SweepPreview:
         if seconds is None:
             return ""
         left = max(0, n_trials - trial_counts(study).counted)
-        return f" (~{_duration(seconds * left)} left for one worker)" if left else ""
+        return f" (~{duration(seconds * left)} left for one worker)" if left else ""
 
 
 def mean_trial_seconds(study: Any) -> float | None:
@@ -252,9 +253,3 @@ def _free_bytes(path: Path) -> float | None:
     return None
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -16,6 +16,7 @@ from zoo.bench import (COMPILE_MODES, DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT
 from zoo.commands.options import RESOLUTION, device_option
 from zoo.errors import ConfigError
 from zoo.runtimes import runtime_names
+from zoo.ui import img_rate
 
 def _per_device(defaults: dict) -> str:
     """``128 on CUDA, 8 on CPU``: a per-device default, for help texts."""
@@ -44,10 +45,6 @@ def _select_backbones(backbone: str | None, family: str | None, every: bool) -> 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "—" if value is None else format(value, spec)
 
-
-def _rate(value: float) -> str:
-    """img/s with three significant digits at least (slow CPU runs are below 1 img/s)."""
-    return f"{value:.1f}" if value >= 100 else f"{value:.3g}"
 
 
 def _settings_line(results: Sequence[BenchResult]) -> str:
@@ -94,7 +91,7 @@ def _table(results: Sequence[BenchResult]) -> Table:
         row = [name]
         if runtimes != ["eager"]:
             row.append(runtime_of(r))
-        row.append(f"{_rate(tp['median'])} ({_rate(tp['min'])}–{_rate(tp['max'])})")
+        row.append(f"{img_rate(tp['median'])} ({img_rate(tp['min'])}–{img_rate(tp['max'])})")
         if len(runtimes) > 1:
             base = first.get(r.backbone)
             row.append(f"{tp['median'] / base:.2f}" if base else "—")

@@ -19,6 +19,7 @@ from zoo.errors import ConfigError
 
 from zoo.search.space import DEFAULT_SPACE
 from zoo.search.study import DEFAULT_STORAGE, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, SAMPLERS
+from zoo.ui import img_rate
 
 SAMPLER_CHOICES = SAMPLERS
 
@@ -170,9 +171,6 @@ def _memory_cap(text: str | None, device: str, dry_run: bool) -> float | None:
     return value
 
 
-def _rate(value: float) -> str:
-    return f"{value:.1f}" if value >= 100 else f"{value:.3g}"
-
 
 def _space_table(space: Any) -> Any:
     from rich.table import Table
@@ -200,7 +198,7 @@ def _best_table(study: Any, trials: Sequence[Any], space: Any | None) -> Any:
         record = trial_record(trial, measured)
         throughput = record.get("throughput") or {}
         search = record.get("search") or {}
-        cells = {"trial": str(trial.number), "img/s": _rate(float(throughput.get("median", 0.0))),
+        cells = {"trial": str(trial.number), "img/s": img_rate(float(throughput.get("median", 0.0))),
                  "speed": search.get("throughput_source", "measured"),
                  "FD loss": f"{record['fd_loss']:.4f}",
                  "FD from": "surrogate" if record.get("fd_loss_source") == SURROGATE else "proxy",
@@ -226,13 +224,13 @@ def _trial_line(trial: Any, eta: str = "") -> str:
         search = record.get("search") or {}
         feasible = "" if search.get("feasible", True) else " [infeasible]"
         feasible += " (predicted)" if search.get("throughput_source") == "predicted" else ""
-        return (f"trial {trial.number}: {_rate(record['throughput']['median'])} img/s, FD loss "
+        return (f"trial {trial.number}: {img_rate(record['throughput']['median'])} img/s, FD loss "
                 f"{record['fd_loss']:.4f}, {record['params_m']:.2f}M params{feasible}{eta}")
     if trial.state.name == "PRUNED" and record and (record.get("search") or {}).get("pruned"):
         search = record["search"]
         source = " (predicted)" if search.get("throughput_source") == "predicted" else ""
         return (f"trial {trial.number}: stopped at rung {search['rung']} ({search['rung_steps']} steps): "
-                f"{_rate(record['throughput']['median'])} img/s{source}, FD loss {record['fd_loss']:.4f}{eta}")
+                f"{img_rate(record['throughput']['median'])} img/s{source}, FD loss {record['fd_loss']:.4f}{eta}")
     if trial.state.name == "PRUNED" and "skipped" in trial.user_attrs:
         return f"trial {trial.number}: skipped ({trial.user_attrs['skipped']}){eta}"
     return f"trial {trial.number}: {trial.state.name.lower()}{eta}"
@@ -413,8 +411,8 @@ def _measure_front(study: Any, space: Any, objective: Any, quiet: bool) -> None:
 
     def said(trial: Any, predicted: float, measured: float) -> None:
         if not quiet:
-            err_console.print(f"front trial {trial.number}: predicted {_rate(predicted)} img/s, measured "
-                              f"{_rate(measured)} img/s ({100 * (predicted - measured) / measured:+.1f}%)")
+            err_console.print(f"front trial {trial.number}: predicted {img_rate(predicted)} img/s, measured "
+                              f"{img_rate(measured)} img/s ({100 * (predicted - measured) / measured:+.1f}%)")
 
     remeasure_front(study, space, objective, on_trial=said)
 
