@@ -99,6 +99,8 @@ def test_schedule_parsing_and_expected_cost():
     fidelity = Fidelity.parse("10,30,90")
     assert fidelity.steps == (10, 30, 90) and fidelity.final == 90
     assert fidelity.expected_steps() == pytest.approx(10 + 20 / 3 + 60 / 9)
+    default = Fidelity.parse("default")  # 30,90: a 10-step rung ranks like chance (README, proxy_fidelity.py)
+    assert default.steps == (30, 90) and default.expected_steps() == pytest.approx(50)
     for bad, message in (("30,10", "must increase"), ("10,x", "step counts such as"), ("0,5", "positive")):
         with pytest.raises(ConfigError, match=message):
             Fidelity.parse(bad)
