@@ -6,17 +6,18 @@ architecture's formulas (``SearchSpace.descriptors``, no build). The guided
 sampler uses that. After ``n_startup_trials`` random (or enqueued) trials it,
 for each new trial:
 
-1. fits one extremely-randomised-trees regressor per objective
-   (scikit-learn ``ExtraTreesRegressor``) on the finished trials, with the
-   parameters and the descriptors as features; maximised objectives that are
-   positive (throughput) are modelled as ``-log``, so both are minimised;
+1. fits one regressor per objective (``model``: a Gaussian process by default,
+   see :func:`fit_model`) on the trials so far, with the parameters and the
+   descriptors as features (and, with multi-fidelity rungs, the steps each
+   result was taken at); maximised objectives that are positive (throughput)
+   are modelled as ``-log``, so both are minimised;
 2. draws a pool of candidates: uniformly random ones and the neighbours (one
    parameter changed) of the current front's members, then, for a few rounds,
    the neighbours of the best-scoring candidates (a local search on the models);
 3. predicts each candidate's objectives, optimistically (mean minus ``kappa``
-   times the spread of the trees' predictions), and proposes the candidate
+   times the predictive standard deviation), and proposes the candidate
    whose optimistic point adds the most hypervolume to the front of the
-   finished trials plus the running ones (their predicted points, so parallel
+   finished trials (at the last rung) plus the running ones (their predicted points, so parallel
    workers do not propose the same region). When no candidate adds any, the
    most uncertain one is explored.
 
@@ -75,7 +76,6 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         self.n_startup_trials = n_startup_trials
         self.pool_size = pool_size
         self.kappa = kappa
-        self._seed = seed
         self._rng = random.Random(seed)
         self._random = optuna.samplers.RandomSampler(seed=seed)
         self._choices = {p.name: (p.choices if p.kind == CATEGORICAL else None) for p in space.params}
