@@ -8,46 +8,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
-from zoo.backbone import Backbone, BackboneOutput, SizeRule
 from zoo.bench import BenchSettings, bench_models
+from tests.tiny_backbone import TinyNet, registered
 from zoo.cli import cli
 from zoo.errors import ConfigError, ZooError
-from zoo.registry import BackboneEntry, register
 from zoo.runtimes import (LatencySamples, Prepared, RuntimeOptions, get_runtime, latency_summary, percentile,
                           runtime_names)
 
 FAST = dict(device="cpu", batch_size=2, warmup=1, repeats=2, steps_per_repeat=1, flops=False, threads=1)
 
 
-class TinyNet(Backbone):
-    """Conv + BatchNorm at stride 4: exports in seconds."""
-
-    size_rule = SizeRule(multiple=4, minimum=8)
-
-    def __init__(self, name: str = "tiny-runtime", resolution=16, **_) -> None:
-        super().__init__()
-        self.name = name
-        self.conv = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.summary_dim = self.feature_dim = 8
-        self.stride = 4
-
-    def forward(self, x: torch.Tensor) -> BackboneOutput:
-        features = torch.relu(self.bn(self.conv(x)))
-        return BackboneOutput(features.mean((2, 3)), features)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def tiny_entry():
-    """``tiny-runtime`` in the registry for these tests only (other tests list every entry)."""
-    from zoo.registry import _REGISTRY
-
-    register(BackboneEntry("tiny-runtime", "tiny", lambda name, resolution, **kw: TinyNet(name, resolution),
-                           default_resolution=(16, 16)), overwrite=True)
-    yield
-    _REGISTRY.pop("tiny-runtime", None)
+    """``tiny-runtime`` in the registry for these tests only."""
+    yield from registered("tiny-runtime")
 
 
 def test_registry_lists_the_four_runtimes_and_refuses_unknown_names():

@@ -14,39 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 import zoo
-from zoo.backbone import Backbone, BackboneOutput, SizeRule
+from tests.tiny_backbone import registered
 from zoo.cli import cli
 from zoo.errors import BadFileError, ZooError
-from zoo.registry import BackboneEntry, register
-
-
-class TinyNet(Backbone):
-    size_rule = SizeRule(multiple=4, minimum=8)
-
-    def __init__(self, name: str = "tiny-fault", resolution=16, **_) -> None:
-        super().__init__()
-        self.name = name
-        self.conv = nn.Conv2d(3, 8, 3, stride=4, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.summary_dim = self.feature_dim = 8
-        self.stride = 4
-
-    def forward(self, x: torch.Tensor) -> BackboneOutput:
-        features = torch.relu(self.bn(self.conv(x)))
-        return BackboneOutput(features.mean((2, 3)), features)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_entry():
-    from zoo.registry import _REGISTRY
-
-    register(BackboneEntry("tiny-fault", "tiny", lambda name, resolution, **kw: TinyNet(name, resolution),
-                           default_resolution=(16, 16)), overwrite=True)
-    yield
-    _REGISTRY.pop("tiny-fault", None)
+    """``tiny-fault`` in the registry for these tests only."""
+    yield from registered("tiny-fault")
 
 
 def _fails(args: list[str], *expected: str) -> str:
