@@ -130,7 +130,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         return True
 
     def features(self, params: Mapping[str, Any]) -> list[float]:
-        key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+        key = self._key(params)
         if key not in self._descriptor_cache:
             row = [_encode(params[name], self._choices[name]) if name in params else -1.0 for name in self._names]
             describe = getattr(self.space, "descriptors", None)
@@ -347,18 +347,17 @@ def improvement(points: np.ndarray, front: np.ndarray, reference: np.ndarray) ->
     if points.shape[1] == 1:
         best = front[:, 0].min() if len(front) else reference[0]
         return np.maximum(0.0, best - points[:, 0])
-    if points.shape[1] == 2:
-        return np.array([_improvement_2d(p, front, reference) for p in points])
+    volume = _hv_2d if points.shape[1] == 2 else _hv_nd
+    base = volume(front, reference)
+    return np.array([volume(np.vstack([front, p]), reference) - base if np.all(p < reference) else 0.0
+                     for p in points])
+
+
+def _hv_nd(points: np.ndarray, reference: np.ndarray) -> float:
     from optuna._hypervolume import compute_hypervolume
 
-    base = compute_hypervolume(front[np.all(front < reference, axis=1)], reference) if len(front) else 0.0
-    return np.array([
-        compute_hypervolume(np.vstack([front, p])[np.all(np.vstack([front, p]) < reference, axis=1)], reference) - base
-        if np.all(p < reference) else 0.0 for p in points])
-
-
-def _improvement_2d(point: np.ndarray, front: np.ndarray, reference: np.ndarray) -> float:
-    return _hv_2d(np.vstack([front, point]), reference) - _hv_2d(front, reference)
+    inside = points[np.all(points < reference, axis=1)]
+    return float(compute_hypervolume(inside, reference)) if len(inside) else 0.0
 
 
 def _hv_2d(points: np.ndarray, reference: np.ndarray) -> float:
