@@ -103,7 +103,7 @@ def proxy_loss(candidate, recipe, out: Path, teachers, teacher_cache, resume: bo
     from zoo.distill import distill
     from zoo.errors import DivergedError
 
-    name = f"eradio-search-{candidate.key()}"
+    name = candidate.backbone_name()
     try:
         record = distill(candidate.build(name=name), recipe, out_dir=str(out), run_name=candidate.key(),
                          resume=resume, device="cpu", progress=False, teachers=teachers,
@@ -187,8 +187,8 @@ def run(args: argparse.Namespace) -> None:
     for candidate, s, l, p, m in zip(candidates, short, long_, predicted, measured):
         print(f"{candidate.key()[:28]:<28} {s:8.4f} {l:8.4f} {p:11.1f} {m:11.1f}")
     print()
-    print(f"| rank agreement | N | S | K | Kendall tau | p-value |")
-    print(f"|---|---|---|---|---|---|")
+    print("| rank agreement | N | S | K | Kendall tau | p-value |")
+    print("|---|---|---|---|---|---|")
     print(f"| FD loss after S vs after K x S steps (resumed) | {fd_n} | {short_steps} | {args.factor} | "
           f"{fd_tau:.3f} | {fd_p:.3g} |")
     print(f"| throughput predicted (latency table, b{args.batch}, {args.clock} clock) vs measured | {speed_n} | - | - | "

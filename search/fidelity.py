@@ -439,7 +439,7 @@ class MultiFidelityObjective(SearchObjective):
         import optuna
 
         candidate = self.start_trial(trial)
-        name = f"{candidate.family}-search-{candidate.key()}"
+        name = candidate.backbone_name()
         start = time.perf_counter()
         speed = self.speed(candidate, name)
         throughput = float(speed.throughput["median"])
@@ -568,7 +568,7 @@ def remeasure_front(study: Any, space: SearchSpace, settings: ObjectiveSettings,
         if search.get("throughput_source") != "predicted" or str(trial.number) in stored:
             continue
         candidate = space.params_to_candidate(trial.params)
-        bench = objective.measure(candidate, f"{candidate.family}-search-{candidate.key()}")
+        bench = objective.measure(candidate, candidate.backbone_name())
         block = {**bench.throughput, "source": "measured"}
         measured[trial.number] = block
         predicted = float(search.get("predicted_throughput") or record["throughput"]["median"])

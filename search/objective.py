@@ -278,7 +278,7 @@ class SearchObjective:
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         candidate = self.start_trial(trial)
-        name = f"{candidate.family}-search-{candidate.key()}"
+        name = candidate.backbone_name()
         start = time.perf_counter()
         bench = self.measure(candidate, name)
         throughput = float(bench.throughput["median"])
@@ -343,7 +343,7 @@ class SearchObjective:
         record.kind = KIND_SEARCH_TRIAL
         record.search = info
         if record.backbone in (None, "", "?"):
-            record.backbone = f"{candidate.family}-search-{candidate.key()}"
+            record.backbone = candidate.backbone_name()
         record.family = candidate.family
         record.backbone_config = candidate.config_dict()
         record.resolution = [candidate.resolution, candidate.resolution]

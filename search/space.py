@@ -122,6 +122,10 @@ class Candidate:
             text = f"{self.family}:{text}"
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
+    def backbone_name(self) -> str:
+        """The name its network is built, benchmarked and recorded under (``eradio-search-<key>``)."""
+        return f"{self.family}-search-{self.key()}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"family": self.family, "config": self.config_dict(), "resolution": self.resolution}
 
